@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from genre_tagger import UserError
 
@@ -88,6 +87,8 @@ def _row_list(mask):
 
 
 def read_csv(path):
+    import pandas as pd  # imported here: predict.py uses clean_text without paying for pandas
+
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass --data with the path of your CSV file")
@@ -113,6 +114,8 @@ def load_labelled_csv(path, text_column="Description", label_column="Genre"):
     Returns (frame, report): frame has columns `text` (cleaned), `labels` (list of str) and
     `source_row` (the row number in the file, header = 1); report counts what cleaning changed.
     """
+    import pandas as pd
+
     frame = read_csv(path)
     require_columns(frame, [text_column, label_column], path)
     texts = frame[text_column].map(clean_text)
