@@ -24,16 +24,50 @@ CHUNK_ROWS = 2048  # rows read, tagged and written at a time: memory stays flat 
 def build_parser():
     p = argparse.ArgumentParser(description="Tag movie descriptions with every genre that fits.")
     p.add_argument("descriptions", nargs="*", help="one or more descriptions to tag")
-    p.add_argument("--model", default=str(DEFAULT_RUN), help="run folder or its .zip, as written by train.py (default: %(default)s)")
-    p.add_argument("--threshold", default="0.3", help="probability at which a genre is tagged: a number, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global' (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, help="show at most K genres per description (default: all above the threshold)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per description: description, genres, probabilities of every genre")
-    p.add_argument("--input", help="tag a file instead: a CSV with the text column, a .txt with one description per line (blank lines skipped), or - for stdin")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_RUN),
+        help="run folder or its .zip, as written by train.py (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threshold",
+        default="0.3",
+        help="probability at which a genre is tagged: a number, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="show at most K genres per description (default: all above the threshold)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per description: description, genres, probabilities of every genre",
+    )
+    p.add_argument(
+        "--input",
+        help="tag a file instead: a CSV with the text column, a .txt with one description per line (blank lines skipped), or - for stdin",
+    )
     p.add_argument("--output", help="with --input: write results to this .csv or .jsonl (default: print to stdout)")
     p.add_argument("--text-column", default="Description", help="text column of an --input CSV (default: %(default)s)")
-    p.add_argument("--label-column", default="Genre", help="if an --input CSV has this column, print metrics against it (default: %(default)s)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto", help="auto: ONNX when the run has it, else PyTorch (default: %(default)s)")
-    p.add_argument("--onnx-variant", choices=["int8", "fp32"], default=None, help="which ONNX file (default: the one train.py chose, int8 unless it cost accuracy)")
+    p.add_argument(
+        "--label-column",
+        default="Genre",
+        help="if an --input CSV has this column, print metrics against it (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="auto: ONNX when the run has it, else PyTorch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--onnx-variant",
+        choices=["int8", "fp32"],
+        default=None,
+        help="which ONNX file (default: the one train.py chose, int8 unless it cost accuracy)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="descriptions per forward pass (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     return p
@@ -93,9 +127,14 @@ def iter_input_chunks(source, text_column, label_column):
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or text_column not in reader.fieldnames:
                 found = ", ".join(reader.fieldnames or []) or "none"
-                raise UserError(f"{source} has no column {text_column!r} (columns: {found}); choose it with --text-column")
+                raise UserError(
+                    f"{source} has no column {text_column!r} (columns: {found}); choose it with --text-column"
+                )
             has_labels = label_column in reader.fieldnames
-            rows = ((n, r[text_column], split_labels(r[label_column]) if has_labels else None) for n, r in enumerate(reader, start=2))
+            rows = (
+                (n, r[text_column], split_labels(r[label_column]) if has_labels else None)
+                for n, r in enumerate(reader, start=2)
+            )
         else:
             rows = ((n, line, None) for n, line in enumerate(handle, start=1) if line.strip())
         chunk = []
@@ -184,13 +223,18 @@ def tag_file(tagger, args, labels, thresholds):
         y_true, probabilities = np.array(truth, dtype=np.int64), np.concatenate(predicted)
         metrics = multilabel_metrics(y_true, probabilities, thresholds)
         print(format_report(per_label_report(y_true, probabilities, labels, thresholds)), file=sys.stderr)
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), file=sys.stderr)
+        print(
+            " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()),
+            file=sys.stderr,
+        )
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not args.descriptions and not args.input:
-        raise UserError('give a description to tag, e.g. python predict.py "A detective hunts a serial killer.", or --input FILE')
+        raise UserError(
+            'give a description to tag, e.g. python predict.py "A detective hunts a serial killer.", or --input FILE'
+        )
     if args.descriptions and args.input:
         raise UserError("give descriptions or --input, not both")
     if args.output and not args.input:

@@ -8,7 +8,6 @@
 
 # %%
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -21,10 +20,9 @@ import pandas as pd
 import torch
 import transformers
 
-from genre_tagger import UserError
+from genre_tagger import UserError, plots, runs
 from genre_tagger import data as gdata
 from genre_tagger import metrics as gmetrics
-from genre_tagger import plots, runs
 from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
 from genre_tagger.modeling import (
     DEFAULT_BASE_MODEL,
@@ -52,32 +50,109 @@ NOTEBOOK_QUICK_ARGS = ["--model", "minilm", "--epochs", "1", "--limit", "300", "
 
 def build_parser():
     p = argparse.ArgumentParser(description="Fine-tune a multi-label genre classifier and save a self-describing run.")
-    p.add_argument("--data", default=str(gdata.DEFAULT_DATA_PATH), help="training CSV (default: %(default)s, downloaded with a checksum if missing)")
+    p.add_argument(
+        "--data",
+        default=str(gdata.DEFAULT_DATA_PATH),
+        help="training CSV (default: %(default)s, downloaded with a checksum if missing)",
+    )
     p.add_argument("--text-column", default="Description", help="column with the text (default: %(default)s)")
     p.add_argument("--label-column", default="Genre", help="column with comma-separated labels (default: %(default)s)")
-    p.add_argument("--test-data", default=None, help="labelled CSV to test on, instead of carving a test split out of --data")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N rows of --data, for quick trials (default: all)")
-    p.add_argument("--model", default=DEFAULT_BASE_MODEL, help=f"base model: hub id, local folder, or '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2 (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)")
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="how token vectors become one vector (default: %(default)s)")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier layer (default: %(default)s)")
-    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)")
+    p.add_argument(
+        "--test-data", default=None, help="labelled CSV to test on, instead of carving a test split out of --data"
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="use only the first N rows of --data, for quick trials (default: all)"
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_BASE_MODEL,
+        help=f"base model: hub id, local folder, or '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2 (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        default="mean",
+        help="how token vectors become one vector (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout before the classifier layer (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)"
+    )
     p.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default: %(default)s)")
-    p.add_argument("--patience", type=int, default=3, help="stop after this many evaluations without a better validation macro-F1 (default: %(default)s)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many evaluations without a better validation macro-F1 (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="training rows per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: %(default)s)")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="fraction of steps with linear learning-rate warm-up (default: %(default)s)")
-    p.add_argument("--pos-weight", choices=["none", "sqrt", "full"], default="sqrt", help="per-genre weight of positives in the BCE loss: none, sqrt-dampened or full negatives/positives (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of rows for validation (default: %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of rows for test, unless --test-data (default: %(default)s)")
-    p.add_argument("--folds", type=int, default=0, help="run K-fold stratified cross-validation instead of one run; saves no model (default: off)")
-    p.add_argument("--threshold", type=float, default=gmetrics.DEFAULT_THRESHOLD, help="probability at which a genre is tagged, for reported metrics (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)")
-    p.add_argument("--output", default=str(runs.DEFAULT_RUN), help="run folder to write; a .zip of it is written beside (default: %(default)s)")
-    p.add_argument("--checkpoint-dir", default="models/checkpoints", help="where Trainer checkpoints go while training; removed after a successful run (default: %(default)s)")
-    p.add_argument("--save-steps", type=int, default=0, help="evaluate and checkpoint every N optimizer steps (default: 0 = every epoch)")
-    p.add_argument("--save-total-limit", type=int, default=2, help="keep at most N checkpoints, the best one included (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its latest checkpoint in --checkpoint-dir")
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.1,
+        help="fraction of steps with linear learning-rate warm-up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pos-weight",
+        choices=["none", "sqrt", "full"],
+        default="sqrt",
+        help="per-genre weight of positives in the BCE loss: none, sqrt-dampened or full negatives/positives (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction of rows for validation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of rows for test, unless --test-data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="run K-fold stratified cross-validation instead of one run; saves no model (default: off)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=gmetrics.DEFAULT_THRESHOLD,
+        help="probability at which a genre is tagged, for reported metrics (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
+    )
+    p.add_argument(
+        "--output",
+        default=str(runs.DEFAULT_RUN),
+        help="run folder to write; a .zip of it is written beside (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default="models/checkpoints",
+        help="where Trainer checkpoints go while training; removed after a successful run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--save-steps",
+        type=int,
+        default=0,
+        help="evaluate and checkpoint every N optimizer steps (default: 0 = every epoch)",
+    )
+    p.add_argument(
+        "--save-total-limit",
+        type=int,
+        default=2,
+        help="keep at most N checkpoints, the best one included (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its latest checkpoint in --checkpoint-dir",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0 = all cores)")
     return p
 
@@ -86,9 +161,7 @@ def running_in_notebook():
     return "ipykernel" in sys.modules
 
 
-args = build_parser().parse_args(
-    ([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:]
-)
+args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
 if args.threads:
     torch.set_num_threads(args.threads)
 transformers.utils.logging.set_verbosity_error()
@@ -100,6 +173,7 @@ started = time.time()
 # The CSV is downloaded once (checked against its sha256) if it is not in `data/`. Cleaning strips
 # IMDb's "... See full summary »" tails, normalises whitespace, splits genres on commas and drops
 # exact duplicate descriptions; bad rows stop the run with their row numbers.
+
 
 # %%
 def fail(message):
@@ -134,8 +208,10 @@ print("shape:", raw.shape, "| duplicated rows:", int(raw.duplicated().sum()))
 raw.info()
 genre_counts = pd.Series([g for row in movies["labels"] for g in row]).value_counts()
 words = movies["text"].str.split().str.len()
-print(f"{len(genre_counts)} genres; {np.mean([len(r) for r in movies['labels']]):.2f} genres per movie; "
-      f"description length {words.median():.0f} words median, {words.max()} max")
+print(
+    f"{len(genre_counts)} genres; {np.mean([len(r) for r in movies['labels']]):.2f} genres per movie; "
+    f"description length {words.median():.0f} words median, {words.max()} max"
+)
 if running_in_notebook():
     import matplotlib.pyplot as plt
 
@@ -160,7 +236,9 @@ if test_movies is not None:
     test_texts = test_movies["text"].tolist()
 else:
     rest_idx, test_idx = gdata.stratified_split(Y, args.test_fraction, args.seed)
-    inner_train, inner_val = gdata.stratified_split(Y[rest_idx], args.val_fraction / (1 - args.test_fraction), args.seed)
+    inner_train, inner_val = gdata.stratified_split(
+        Y[rest_idx], args.val_fraction / (1 - args.test_fraction), args.seed
+    )
     train_idx, val_idx = rest_idx[inner_train], rest_idx[inner_val]
     test_texts = movies["text"].iloc[test_idx].tolist()
 
@@ -179,7 +257,11 @@ train_texts, Y_train = [texts[i] for i in train_idx], Y[train_idx]
 val_texts, Y_val = [texts[i] for i in val_idx], Y[val_idx]
 print(f"train {len(train_idx)} | validation {len(val_idx)} | test {len(Y_test)} rows")
 print("positives per genre (train / validation / test):")
-print(pd.DataFrame({"train": Y_train.sum(0), "val": Y_val.sum(0), "test": Y_test.sum(0)}, index=labels).astype(int).T.to_string())
+print(
+    pd.DataFrame({"train": Y_train.sum(0), "val": Y_val.sum(0), "test": Y_test.sum(0)}, index=labels)
+    .astype(int)
+    .T.to_string()
+)
 
 # %% [markdown]
 # ## Model
@@ -201,9 +283,15 @@ from transformers import AutoTokenizer  # noqa: E402
 tokenizer = AutoTokenizer.from_pretrained(base_path)
 pos_weight = positive_weights(Y_train, args.pos_weight)
 settings = {
-    "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-    "warmup_ratio": args.warmup_ratio, "save_steps": args.save_steps, "save_total_limit": args.save_total_limit,
-    "patience": args.patience, "seed": args.seed,
+    "epochs": args.epochs,
+    "batch_size": args.batch_size,
+    "lr": args.lr,
+    "weight_decay": args.weight_decay,
+    "warmup_ratio": args.warmup_ratio,
+    "save_steps": args.save_steps,
+    "save_total_limit": args.save_total_limit,
+    "patience": args.patience,
+    "seed": args.seed,
 }
 
 
@@ -212,10 +300,14 @@ def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=F
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
     trainer = fine_tune(
-        model, tokenizer,
+        model,
+        tokenizer,
         TextDataset(train_texts, tokenizer, args.max_length, Y_train),
         TextDataset(val_texts, tokenizer, args.max_length, Y_val),
-        settings, checkpoint_dir, args.threshold, resume=resume,
+        settings,
+        checkpoint_dir,
+        args.threshold,
+        resume=resume,
     )
     return model, trainer.state.log_history
 
@@ -233,23 +325,43 @@ if args.folds:
         inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.seed)
         tr, va = rest[inner_train], rest[inner_val]
         print(f"fold {fold + 1}/{args.folds}: train {len(tr)} | validation {len(va)} | test {len(held_out)}")
-        model, _ = train_model([texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va], Path(args.checkpoint_dir) / f"fold-{fold}")
+        model, _ = train_model(
+            [texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va], Path(args.checkpoint_dir) / f"fold-{fold}"
+        )
         test_fold = [texts[i] for i in held_out]
-        result = {"model": gmetrics.multilabel_metrics(Y[held_out], predict_probabilities(model, tokenizer, test_fold, args.max_length), args.threshold)}
+        result = {
+            "model": gmetrics.multilabel_metrics(
+                Y[held_out], predict_probabilities(model, tokenizer, test_fold, args.max_length), args.threshold
+            )
+        }
         baseline_fold = fit_baseline([texts[i] for i in tr], Y[tr], args.seed)
-        result["baseline"] = gmetrics.multilabel_metrics(Y[held_out], baseline_probabilities(baseline_fold, test_fold), args.threshold)
+        result["baseline"] = gmetrics.multilabel_metrics(
+            Y[held_out], baseline_probabilities(baseline_fold, test_fold), args.threshold
+        )
         fold_results.append(result)
         shutil.rmtree(Path(args.checkpoint_dir) / f"fold-{fold}", ignore_errors=True)
     summary = {}
     for who in ("model", "baseline"):
         summary[who] = {
-            key: {"mean": float(np.mean([r[who][key] for r in fold_results])), "std": float(np.std([r[who][key] for r in fold_results]))}
+            key: {
+                "mean": float(np.mean([r[who][key] for r in fold_results])),
+                "std": float(np.std([r[who][key] for r in fold_results])),
+            }
             for key in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")
         }
         print(who.ljust(9), "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[who].items()))
     cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
     cv_path.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_json(cv_path, {"config": vars(args), "base_model": base_model, "threshold": args.threshold, "folds": fold_results, "summary": summary})
+    runs.write_json(
+        cv_path,
+        {
+            "config": vars(args),
+            "base_model": base_model,
+            "threshold": args.threshold,
+            "folds": fold_results,
+            "summary": summary,
+        },
+    )
     print(f"cross-validation results written to {cv_path}")
     if not running_in_notebook():
         sys.exit(0)
@@ -326,15 +438,37 @@ try:
 
     joblib.dump(binarizer, staged / "binarizer.joblib")
     runs.write_json(staged / "thresholds.json", {"default": args.threshold, **tuned})
-    split_rows = [("train", i) for i in train_idx] + [("validation", i) for i in val_idx] + [("test", i) for i in (test_idx if test_idx is not None else [])]
+    split_rows = (
+        [("train", i) for i in train_idx]
+        + [("validation", i) for i in val_idx]
+        + [("test", i) for i in (test_idx if test_idx is not None else [])]
+    )
     pd.DataFrame(
-        [{"split": s, "source_row": int(movies["source_row"].iloc[i]), "labels": ",".join(movies["labels"].iloc[i]), "text": texts[i]} for s, i in split_rows]
-        + [{"split": "test", "source_row": int(r), "labels": ",".join(g), "text": t} for r, g, t in (zip(test_movies["source_row"], test_movies["labels"], test_texts) if test_movies is not None else [])]
+        [
+            {
+                "split": s,
+                "source_row": int(movies["source_row"].iloc[i]),
+                "labels": ",".join(movies["labels"].iloc[i]),
+                "text": texts[i],
+            }
+            for s, i in split_rows
+        ]
+        + [
+            {"split": "test", "source_row": int(r), "labels": ",".join(g), "text": t}
+            for r, g, t in (
+                zip(test_movies["source_row"], test_movies["labels"], test_texts) if test_movies is not None else []
+            )
+        ]
     ).to_csv(staged / "split.csv", index=False)
     pd.DataFrame(report).to_csv(staged / "per_genre.csv", index=False)
     (staged / "plots").mkdir()
     plots.per_label_f1(report, baseline_report, staged / "plots" / "per_genre_f1.png")
-    plots.threshold_curve(gmetrics.THRESHOLD_GRID, gmetrics.macro_f1_by_threshold(Y_val, P_val), tuned["global"], staged / "plots" / "threshold_curve.png")
+    plots.threshold_curve(
+        gmetrics.THRESHOLD_GRID,
+        gmetrics.macro_f1_by_threshold(Y_val, P_val),
+        tuned["global"],
+        staged / "plots" / "threshold_curve.png",
+    )
     plots.precision_recall_curves(Y_test, P_test, labels, staged / "plots" / "precision_recall.png")
     plots.cooccurrence(Y, labels, staged / "plots" / "cooccurrence.png")
 
@@ -349,24 +483,46 @@ try:
         "log_history": log_history,
     }
     runs.write_json(staged / "metrics.json", metrics_payload)
-    runs.write_json(staged / "train_config.json", {
-        "settings": vars(args),
-        "base_model": base_model,
-        "base_model_path": base_path,
-        "fallback": fallback_note,
-        "labels": labels,
-        "data": {"path": str(args.data), "test_path": args.test_data, "sha256": gdata.sha256_of(args.data), "cleaning": cleaning},
-        "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
-        "pos_weight": dict(zip(labels, map(float, pos_weight))),
-        "seconds": {"train": round(train_seconds, 1), "until_save": round(time.time() - started, 1)},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__},
-    })
+    runs.write_json(
+        staged / "train_config.json",
+        {
+            "settings": vars(args),
+            "base_model": base_model,
+            "base_model_path": base_path,
+            "fallback": fallback_note,
+            "labels": labels,
+            "data": {
+                "path": str(args.data),
+                "test_path": args.test_data,
+                "sha256": gdata.sha256_of(args.data),
+                "cleaning": cleaning,
+            },
+            "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
+            "pos_weight": dict(zip(labels, map(float, pos_weight))),
+            "seconds": {"train": round(train_seconds, 1), "until_save": round(time.time() - started, 1)},
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            },
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            },
+        },
+    )
     onnx_info = export_run(staged)
     check = onnx_info["check"]
-    print(f"ONNX export checked against PyTorch on validation rows: " + "; ".join(
-        f"{v}: decisions agree {check[v]['decision_agreement_vs_torch']:.2%}, max |Δp| {check[v]['max_abs_probability_difference_vs_torch']:.4f}, macro-F1 {check[v]['macro_f1']:.4f}"
-        for v in onnx_info["files"]) + f"; predict.py uses {onnx_info['default']}")
+    print(
+        "ONNX export checked against PyTorch on validation rows: "
+        + "; ".join(
+            f"{v}: decisions agree {check[v]['decision_agreement_vs_torch']:.2%}, max |Δp| {check[v]['max_abs_probability_difference_vs_torch']:.4f}, macro-F1 {check[v]['macro_f1']:.4f}"
+            for v in onnx_info["files"]
+        )
+        + f"; predict.py uses {onnx_info['default']}"
+    )
     runs.publish_folder(staged, output)
 finally:
     if staged.exists():

@@ -13,8 +13,7 @@ import numpy as np
 from genre_tagger import UserError
 
 DATA_URL = (
-    "https://raw.githubusercontent.com/donalcarr/Datasets/"
-    "caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
+    "https://raw.githubusercontent.com/donalcarr/Datasets/caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
 )
 DATA_SHA256 = "1f86628225db1e0b51a9aa2be10bdb98449c8f311d27b6c3c4845d723c5973b4"
 DEFAULT_DATA_PATH = Path("data/IMDB-Movie-Data.csv")
@@ -52,8 +51,7 @@ def ensure_dataset(path=DEFAULT_DATA_PATH, url=DATA_URL, sha256=DATA_SHA256, tim
             except (urllib.error.URLError, OSError) as err:
                 reason = getattr(err, "reason", err)
                 raise UserError(
-                    f"could not download the dataset from {url} ({reason}); "
-                    f"download it by hand and save it as {path}"
+                    f"could not download the dataset from {url} ({reason}); download it by hand and save it as {path}"
                 ) from None
         actual = sha256_of(tmp_name)
         if actual != sha256:

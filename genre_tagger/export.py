@@ -1,6 +1,6 @@
 """Export an existing run to ONNX (fp32 and int8) and refresh its zip:
 
-    python -m genre_tagger.export models/genre-classifier
+python -m genre_tagger.export models/genre-classifier
 """
 
 import argparse
@@ -22,7 +22,9 @@ def main(argv=None):
 
     info = export_run(folder)
     zip_folder(folder, folder.with_suffix(".zip"))
-    print(f"exported {', '.join(info['files'].values())} into {folder}; predict.py uses {info['default']}; refreshed {folder.with_suffix('.zip')}")
+    print(
+        f"exported {', '.join(info['files'].values())} into {folder}; predict.py uses {info['default']}; refreshed {folder.with_suffix('.zip')}"
+    )
 
 
 if __name__ == "__main__":

@@ -216,7 +216,9 @@ def export_onnx(folder, max_length, quantize=True):
 
     folder = Path(folder)
     model, tokenizer = load_classifier(folder)
-    example = tokenizer(["an example description to trace the graph", "a second one"], padding=True, return_tensors="pt")
+    example = tokenizer(
+        ["an example description to trace the graph", "a second one"], padding=True, return_tensors="pt"
+    )
     fp32_path = folder / "model.onnx"
     # The TorchScript exporter (dynamo=False): its graph quantizes cleanly with onnxruntime, where the
     # dynamo exporter's shape annotations make quantize_dynamic's shape inference fail.
@@ -246,7 +248,13 @@ def export_onnx(folder, max_length, quantize=True):
         finally:
             logging.getLogger().setLevel(quiet)
         files["int8"] = int8_path.name
-    info = {"files": files, "default": "fp32", "max_length": max_length, "inputs": ["input_ids", "attention_mask"], "output": "probabilities"}
+    info = {
+        "files": files,
+        "default": "fp32",
+        "max_length": max_length,
+        "inputs": ["input_ids", "attention_mask"],
+        "output": "probabilities",
+    }
     with open(folder / "onnx.json", "w") as f:
         json.dump(info, f, indent=2)
     return info
@@ -276,14 +284,18 @@ def export_run(folder, max_tolerated_f1_drop=0.01):
     truth = np.array([[label in row.split(",") for label in labels] for row in scored["labels"]], dtype=np.int64)
     model, tokenizer = load_classifier(folder)
     torch_val = predict_probabilities(model, tokenizer, validation["text"].tolist(), max_length)
-    torch_f1 = multilabel_metrics(truth, predict_probabilities(model, tokenizer, scored["text"].tolist(), max_length), threshold)["macro_f1"]
+    torch_f1 = multilabel_metrics(
+        truth, predict_probabilities(model, tokenizer, scored["text"].tolist(), max_length), threshold
+    )["macro_f1"]
     check = {"torch_macro_f1": torch_f1, "macro_f1_rows": "test" if scored is not validation else "validation"}
     for variant in info["files"]:
         tagger = OnnxTagger(folder, variant=variant)
         onnx_val = tagger.probabilities(validation["text"].tolist())
         check[variant] = {
             "max_abs_probability_difference_vs_torch": float(np.abs(onnx_val - torch_val).max()),
-            "decision_agreement_vs_torch": float((apply_thresholds(onnx_val, threshold) == apply_thresholds(torch_val, threshold)).mean()),
+            "decision_agreement_vs_torch": float(
+                (apply_thresholds(onnx_val, threshold) == apply_thresholds(torch_val, threshold)).mean()
+            ),
             "macro_f1": multilabel_metrics(truth, tagger.probabilities(scored["text"].tolist()), threshold)["macro_f1"],
         }
     if "int8" in check and check["int8"]["macro_f1"] >= check["fp32"]["macro_f1"] - max_tolerated_f1_drop:

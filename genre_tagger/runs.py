@@ -92,7 +92,9 @@ def safe_extract(zip_path, target):
             for entry in archive.infolist():
                 destination = (target / entry.filename).resolve()
                 if not destination.is_relative_to(target) or entry.filename.startswith(("/", "\\")):
-                    raise UserError(f"{zip_path} has an entry that would land outside its folder ({entry.filename!r}); refusing to extract it")
+                    raise UserError(
+                        f"{zip_path} has an entry that would land outside its folder ({entry.filename!r}); refusing to extract it"
+                    )
             archive.extractall(target)
     except (zipfile.BadZipFile, EOFError) as err:
         raise UserError(f"{zip_path} is not a readable zip ({err}); re-create it with train.py") from None
