@@ -158,16 +158,38 @@ def encode_labels(binarizer, label_lists):
 
 
 def stratified_split(label_matrix, fraction, seed):
-    """Split row indices into (rest, held_out) with about `fraction` held out, keeping every label in both.
+    """Split row indices into (rest, held_out) with about `fraction` held out, every label on both sides.
 
-    Multi-label iterative stratification (Sechidis et al., 2011) from iterative-stratification: a plain
-    random split of 1000 movies often leaves the 5 Musicals out of validation or test entirely.
+    Multi-label iterative stratification (Sechidis et al., 2011) from iterative-stratification keeps
+    label proportions; at 10% a 5-movie genre still expects only half a movie in the held-out part, so
+    a last step swaps single rows to put each label that has two or more rows on both sides.
     """
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
+    label_matrix = np.asarray(label_matrix)
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     rest, held_out = next(splitter.split(np.zeros(len(label_matrix)), label_matrix))
+    rest, held_out = _cover_every_label(label_matrix, list(rest), list(held_out))
     return np.sort(rest), np.sort(held_out)
+
+
+def _cover_every_label(matrix, rest, held_out):
+    for label in np.argsort(matrix.sum(axis=0), kind="stable"):  # rarest first
+        for side, other in ((held_out, rest), (rest, held_out)):
+            if matrix[side, label].sum() > 0 or matrix[other, label].sum() < 2:
+                continue
+            other_counts, side_counts = matrix[other].sum(axis=0), matrix[side].sum(axis=0)
+            # Move a row that the other side can spare (it keeps every label it has), and send back
+            # a row that this side can spare.
+            donor = next((i for i in other if matrix[i, label] and (other_counts[matrix[i] > 0] >= 2).all()), None)
+            back = next((i for i in side if (side_counts[matrix[i] > 0] >= 2).all() and not matrix[i, label]), None)
+            if donor is None or back is None:
+                continue
+            other.remove(donor)
+            side.remove(back)
+            side.append(donor)
+            other.append(back)
+    return rest, held_out
 
 
 def stratified_folds(label_matrix, folds, seed):

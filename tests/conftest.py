@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests are hermetic: no network, nothing read from ~/.cache."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before transformers is imported anywhere: never reach for the hub, never use the user's cache.
+_HF_HOME = tempfile.mkdtemp(prefix="genre-tagger-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "IMDB-Movie-Data.csv"
+REPO_DATA = ROOT / "data" / "IMDB-Movie-Data.csv"
+
+
+def real_data_path():
+    for path in (REPO_DATA, SHARED_DATA):
+        if path.exists():
+            return path
+    pytest.skip("the IMDB CSV is not in data/ (see data/README.md)")
+
+
+@pytest.fixture(scope="session")
+def imdb_csv():
+    return real_data_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory):
+    """A 2-layer random DistilBERT with the real uncased vocab: exercises the DistilBERT code path in seconds."""
+    from transformers import AutoModel, DistilBertConfig, DistilBertTokenizerFast
+
+    from genre_tagger.modeling import packaged_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-distilbert")
+    shutil.copy(Path(packaged_model_path()) / "vocab.txt", folder / "vocab.txt")
+    DistilBertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
+    AutoModel.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def run_script(*args, cwd=ROOT, env=None, timeout=900):
+    """Run a project script as a user would: a fresh Python process, output captured."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

@@ -1,0 +1,208 @@
+"""train.py → run folder and zip → predict.py, as subprocesses, with a tiny random DistilBERT."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import run_script
+from genre_tagger import UserError
+
+DESCRIPTIONS = [
+    "A retired hitman seeks revenge on the gangsters who killed his dog.",
+    "Two strangers fall in love during one night in Vienna.",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
+    work = tmp_path_factory.mktemp("e2e")
+    output = work / "models" / "genre-classifier"
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--epochs", "2",
+        "--batch-size", "16", "--lr", "1e-3", "--output", output, "--checkpoint-dir", work / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {
+        "base": tiny_distilbert,
+        "output": output,
+        "zip": output.with_suffix(".zip"),
+        "work": work,
+        "log": result.stdout,
+    }
+
+
+def test_run_folder_describes_itself(trained):
+    folder = trained["output"]
+    for name in [
+        "config.json", "model.safetensors", "tokenizer.json", "binarizer.joblib", "train_config.json",
+        "metrics.json", "thresholds.json", "split.csv", "per_genre.csv", "model.onnx", "model.int8.onnx",
+        "onnx.json", "plots/per_genre_f1.png", "plots/threshold_curve.png", "plots/precision_recall.png",
+        "plots/cooccurrence.png",
+    ]:  # fmt: skip
+        assert (folder / name).exists(), name
+    config = json.loads((folder / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["model_type"] == "distilbert"
+    assert len(config["id2label"]) == len(config["label2id"]) >= 15
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"):
+        assert 0 <= metrics["test"][key] <= 1
+        assert key in metrics["baseline_tfidf"]["test"]
+    assert metrics["threshold"] == 0.3
+    assert metrics["base_model"] == str(trained["base"])
+    settings = json.loads((folder / "train_config.json").read_text())["settings"]
+    assert settings["epochs"] == 2 and settings["limit"] == 200
+    # The binarizer the run keeps agrees with the labels in config.json.
+    import joblib
+
+    assert list(joblib.load(folder / "binarizer.joblib").classes_) == [
+        config["id2label"][str(i)] for i in range(len(config["id2label"]))
+    ]
+    split = (folder / "split.csv").read_text().splitlines()
+    assert split[0] == "split,source_row,labels,text" and len(split) == 201
+
+
+def test_checkpoints_are_cleaned_and_zip_holds_the_run(trained):
+    assert not (trained["work"] / "checkpoints" / "genre-classifier").exists()
+    with zipfile.ZipFile(trained["zip"]) as archive:
+        names = set(archive.namelist())
+    assert {"model.safetensors", "config.json", "binarizer.joblib", "model.int8.onnx"} <= names
+    assert not any(name.startswith("/") or ".." in name for name in names)
+
+
+def test_predict_from_folder_and_zip_give_identical_output(trained):
+    from_folder = run_script("predict.py", "--model", trained["output"], "--json", *DESCRIPTIONS)
+    from_zip = run_script("predict.py", "--model", trained["zip"], "--json", *DESCRIPTIONS)
+    assert from_folder.returncode == 0, from_folder.stderr
+    assert from_folder.stdout == from_zip.stdout
+    records = [json.loads(line) for line in from_folder.stdout.splitlines()]
+    assert [r["description"] for r in records] == DESCRIPTIONS
+    for record in records:
+        probabilities = [g["probability"] for g in record["genres"]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert all(p >= 0.3 for p in probabilities)
+        assert len(record["probabilities"]) >= 15
+
+
+def test_onnx_and_torch_backends_agree(trained):
+    from genre_tagger.metrics import apply_thresholds
+    from genre_tagger.modeling import load_classifier, predict_probabilities
+    from genre_tagger.onnx_backend import OnnxTagger
+
+    model, tokenizer = load_classifier(trained["output"])
+    texts = DESCRIPTIONS * 3 + ["short", "a much longer description " * 20]
+    torch_p = predict_probabilities(model, tokenizer, texts, max_length=128)
+    fp32 = OnnxTagger(trained["output"], variant="fp32").probabilities(texts)
+    int8 = OnnxTagger(trained["output"], variant="int8").probabilities(texts)
+    np.testing.assert_allclose(fp32, torch_p, atol=1e-4)
+    assert np.abs(int8 - torch_p).max() < 0.05
+    assert (apply_thresholds(fp32, 0.3) == apply_thresholds(torch_p, 0.3)).all()
+    # The same genres through predict.py's two backends.
+    outputs = [
+        run_script(
+            "predict.py",
+            "--model",
+            trained["output"],
+            "--backend",
+            backend,
+            "--onnx-variant",
+            "fp32",
+            "--json",
+            *DESCRIPTIONS,
+        ).stdout
+        if backend == "onnx"
+        else run_script(
+            "predict.py", "--model", trained["output"], "--backend", backend, "--json", *DESCRIPTIONS
+        ).stdout
+        for backend in ("onnx", "torch")
+    ]
+    genres = [[[g["genre"] for g in json.loads(line)["genres"]] for line in out.splitlines()] for out in outputs]
+    assert genres[0] == genres[1]
+
+
+def test_saved_model_reloads_and_predicts_identically(trained):
+    from genre_tagger.modeling import load_classifier, predict_probabilities
+
+    first, tokenizer = load_classifier(trained["output"])
+    second, _ = load_classifier(trained["output"])
+    a = predict_probabilities(first, tokenizer, DESCRIPTIONS, 128)
+    b = predict_probabilities(second, tokenizer, DESCRIPTIONS, 128)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_predict_tags_a_labelled_csv_and_reports_metrics(trained, imdb_csv, tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("".join(imdb_csv.read_text().splitlines(keepends=True)[:41]))
+    out = tmp_path / "tagged.jsonl"
+    result = run_script("predict.py", "--model", trained["output"], "--input", sample, "--output", out)
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 40
+    assert "macro_f1=" in result.stderr and "rows=40" in result.stderr
+    again = run_script("predict.py", "--model", trained["output"], "--input", sample, "--output", out)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    text_file = tmp_path / "plots.txt"
+    text_file.write_text("A detective hunts a killer.\n\nA wizard school.\n")
+    csv_out = tmp_path / "tagged.csv"
+    result = run_script("predict.py", "--model", trained["output"], "--input", text_file, "--output", csv_out)
+    assert result.returncode == 0, result.stderr
+    assert len(csv_out.read_text().splitlines()) == 3  # header + 2 descriptions
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no/such/run", "A plot."], "run train.py first"),
+        (["--model", "pyproject.toml", "A plot."], "neither a run folder nor a zip"),
+        (["   "], "description is empty"),
+        ([], "give a description"),
+        (["--threshold", "7", "A plot."], "--threshold"),
+    ],
+)
+def test_predict_errors_are_one_line(trained, args, message):
+    if "--model" not in args:
+        args = ["--model", str(trained["output"]), *args]
+    result = run_script("predict.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_refuses_a_corrupt_zip(tmp_path):
+    corrupt = tmp_path / "run.zip"
+    corrupt.write_bytes(b"PK\x03\x04garbage")
+    result = run_script("predict.py", "--model", corrupt, "A plot.")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_bad_input_is_one_line_and_keeps_the_previous_run(trained, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Title,Plot\nA,Something\n")
+    before = (trained["output"] / "model.safetensors").stat().st_mtime_ns
+    result = run_script("train.py", "--data", bad, "--output", trained["output"])
+    assert result.returncode == 2
+    assert "no column 'Description'" in result.stderr and "Traceback" not in result.stderr
+    assert (trained["output"] / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_explicit_model_that_cannot_load_is_an_error_not_a_substitute(tmp_path):
+    from genre_tagger.modeling import resolve_base_model
+
+    with pytest.raises(UserError, match="cannot load base model"):
+        resolve_base_model(str(tmp_path / "no-such-model"))
+
+
+def test_default_model_falls_back_to_the_packaged_one_when_offline():
+    # conftest sets HF_HUB_OFFLINE=1 and an empty HF_HOME: distilbert-base-uncased is not available.
+    from genre_tagger.modeling import DEFAULT_BASE_MODEL, packaged_model_path, resolve_base_model
+
+    path, recorded, note = resolve_base_model(DEFAULT_BASE_MODEL)
+    assert path == packaged_model_path()
+    assert "MiniLM" in recorded and "falling back" in note
+
+
+def test_train_log_reports_baselines_and_tags_examples(trained):
+    assert "TF-IDF baseline" in trained["log"] and "most frequent genres" in trained["log"]
+    assert "A retired hitman seeks revenge" in trained["log"]

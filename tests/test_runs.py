@@ -1,0 +1,81 @@
+import zipfile
+
+import pytest
+
+from genre_tagger import UserError, runs
+
+
+def make_run(folder, marker="one"):
+    folder.mkdir(parents=True)
+    for name in runs.REQUIRED_FILES:
+        (folder / name).write_text("{}")
+    (folder / "marker.txt").write_text(marker)
+    return folder
+
+
+def test_open_run_refuses_zip_entries_outside_the_folder(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("../../escaped.txt", "gotcha")
+    with pytest.raises(UserError, match="outside its folder"):
+        with runs.OpenRun(evil):
+            pass
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_open_run_names_corrupt_and_foreign_zips(tmp_path):
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(UserError):
+        with runs.OpenRun(corrupt):
+            pass
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("holiday.jpg", "not a model")
+    with pytest.raises(UserError, match="not a genre-tagger run"):
+        with runs.OpenRun(foreign):
+            pass
+
+
+def test_open_run_missing_model_says_run_train_first(tmp_path):
+    with pytest.raises(UserError, match="run train.py first"):
+        with runs.OpenRun(tmp_path / "nothing-here"):
+            pass
+
+
+def test_zip_roundtrip_and_extraction_is_temporary(tmp_path):
+    folder = make_run(tmp_path / "run")
+    zipped = runs.zip_folder(folder, tmp_path / "run.zip")
+    with runs.OpenRun(zipped) as opened:
+        assert (opened / "marker.txt").read_text() == "one"
+        extracted = opened
+    assert not extracted.exists()
+    assert zipped.exists()
+
+
+def test_publish_replaces_the_old_run_only_when_the_new_one_is_complete(tmp_path):
+    final = make_run(tmp_path / "models" / "run", marker="old")
+    staged = runs.staging_folder(final)
+    (staged / "marker.txt").write_text("new")
+    # A crash before publish leaves the old run untouched.
+    assert (final / "marker.txt").read_text() == "old"
+    runs.publish_folder(staged, final)
+    assert (final / "marker.txt").read_text() == "new"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["run"]
+
+
+def test_thresholds_of_reads_numbers_and_saved_choices(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    runs.write_json(folder / "config.json", {"id2label": {"0": "Action", "1": "Drama"}})
+    runs.write_json(
+        folder / "thresholds.json", {"default": 0.3, "global": 0.35, "per_label": {"Drama": 0.4, "Action": 0.2}}
+    )
+    assert runs.thresholds_of(folder, "0.5") == 0.5
+    assert runs.thresholds_of(folder, "tuned-global") == 0.35
+    assert runs.thresholds_of(folder, "tuned") == [0.2, 0.4]
+    for bad in ("1.5", "high"):
+        with pytest.raises(UserError, match="--threshold"):
+            runs.thresholds_of(folder, bad)
