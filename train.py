@@ -532,6 +532,19 @@ shutil.rmtree(checkpoint_dir, ignore_errors=True)
 print(f"saved {output}/ and {zip_path} in {time.time() - started:.0f} s total")
 
 # %% [markdown]
+# ## Pictures
+# Saved in the run's `plots/` folder: per-genre F1 of the model against the TF-IDF baseline (how much
+# the transformer earns per genre), validation macro-F1 against the threshold (how the tuned one was
+# chosen), per-genre precision-recall curves, and which genres occur together.
+
+# %%
+if running_in_notebook():
+    from IPython.display import Image, display
+
+    for picture in ("per_genre_f1", "threshold_curve", "precision_recall", "cooccurrence"):
+        display(Image(filename=str(output / "plots" / f"{picture}.png")))
+
+# %% [markdown]
 # ## Reload and tag new descriptions
 # The saved zip is opened the way `predict.py` opens it, and a few unseen plots are tagged at the
 # default threshold: what a user of the trained model sees.

@@ -1,22 +1,27 @@
-"""Evaluation pictures saved with every run (matplotlib, Agg backend: no screen needed)."""
+"""Evaluation pictures saved with every run.
 
-import matplotlib
+Figures are built with matplotlib's object API, not pyplot: no screen is needed, and a notebook's own
+pyplot backend is left alone.
+"""
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _figure(figsize):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def per_label_f1(model_rows, baseline_rows, path):
     labels = [row["label"] for row in model_rows]
     y = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(labels) + 1.2))
+    fig, ax = _figure((7, 0.32 * len(labels) + 1.2))
     ax.barh(y - 0.2, [r["f1"] for r in model_rows], height=0.4, label="fine-tuned model")
     ax.barh(y + 0.2, [r["f1"] for r in baseline_rows], height=0.4, label="TF-IDF baseline")
     ax.set_yticks(y, [f"{r['label']} ({r['support']})" for r in model_rows])
@@ -28,7 +33,7 @@ def per_label_f1(model_rows, baseline_rows, path):
 
 
 def threshold_curve(grid, macro_f1, chosen, path):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = _figure((6, 3.5))
     ax.plot(grid, macro_f1)
     ax.axvline(0.3, color="grey", linestyle=":", label="default 0.3")
     ax.axvline(chosen, color="red", linestyle="--", label=f"tuned {chosen:.3f}")
@@ -43,7 +48,8 @@ def precision_recall_curves(y_true, probabilities, labels, path):
 
     columns = 5
     rows = int(np.ceil(len(labels) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows), squeeze=False)
+    fig = Figure(figsize=(3 * columns, 2.6 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for j, ax in enumerate(axes.flat):
         if j >= len(labels):
             ax.axis("off")
@@ -62,7 +68,7 @@ def precision_recall_curves(y_true, probabilities, labels, path):
 
 def cooccurrence(label_matrix, labels, path):
     counts = label_matrix.T @ label_matrix
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig, ax = _figure((8, 7))
     image = ax.imshow(counts, cmap="viridis")
     ax.set_xticks(range(len(labels)), labels, rotation=90)
     ax.set_yticks(range(len(labels)), labels)
