@@ -1,0 +1,176 @@
+"""Prediction speed and memory, every figure measured in this one run, side by side.
+
+    python bench/predict.py --model models/genre-classifier
+
+Prints: cold start of `predict.py "one description"` as a fresh process (median of --repeats) per
+backend; throughput (descriptions/s) and peak RSS over --rows descriptions for the seed notebook's
+plain PyTorch loop (fp32, batch 32, every batch padded to 128 tokens) and for `predict.py --input`
+with PyTorch, ONNX fp32 and ONNX int8; peak RSS of predict.py --input over --flat-rows to show that
+memory stays flat. Each measurement runs in its own process, so peak RSS is that process's alone.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run_measured(command):
+    """Wall seconds and peak RSS (MiB) of one child process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = child.stderr.read().decode()
+    child.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def plain_torch_loop(model_dir, input_file, batch_size):
+    """The seed notebook's way: transformers model, fp32, fixed batches each padded to 128 tokens."""
+    import torch
+
+    from genre_tagger.modeling import load_classifier
+
+    model, tokenizer = load_classifier(model_dir)
+    texts = Path(input_file).read_text().splitlines()
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding="max_length",
+                truncation=True,
+                max_length=128,
+                return_tensors="pt",
+            )
+            torch.sigmoid(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+
+
+def write_descriptions(path, rows):
+    from genre_tagger.data import DEFAULT_DATA_PATH, load_labelled_csv
+
+    texts = load_labelled_csv(DEFAULT_DATA_PATH)[0]["text"].tolist()
+    with open(path, "w") as f:
+        for i in range(rows):
+            f.write(texts[i % len(texts)] + "\n")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="models/genre-classifier", help="run folder to measure (default: %(default)s)")
+    p.add_argument(
+        "--repeats", type=int, default=7, help="cold starts per backend; the median is reported (default: %(default)s)"
+    )
+    p.add_argument(
+        "--rows", type=int, default=10_000, help="descriptions for the throughput runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--flat-rows",
+        type=int,
+        default=100_000,
+        help="descriptions for the flat-memory run, ONNX default variant (default: %(default)s; 0 skips it)",
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: %(default)s)")
+    p.add_argument("--worker", nargs=2, metavar=("MODEL", "FILE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        plain_torch_loop(args.worker[0], args.worker[1], args.batch_size)
+        return
+    model = Path(args.model)
+    if not (model / "onnx.json").exists():
+        raise SystemExit(f"{model} has no ONNX export; train first (python train.py) or pass --model")
+    python = sys.executable
+    description = "A retired hitman seeks revenge on the gangsters who killed his dog."
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(f"model: {model}")
+
+    print("\ncold start: predict.py 'one description', fresh process each time")
+    cold = {}
+    for backend in ("onnx", "torch"):
+        command = [python, "predict.py", "--model", str(model), "--backend", backend, description]
+        run_measured(command)  # warm the OS file cache once, as a user's second call would be
+        walls = [run_measured(command)[0] for _ in range(args.repeats)]
+        cold[backend] = statistics.median(walls)
+        print(
+            f"  {backend:<6} median {cold[backend]:.3f} s  (min {min(walls):.3f}, max {max(walls):.3f}, n={len(walls)})"
+        )
+    print(f"  torch / onnx: {cold['torch'] / cold['onnx']:.1f}x")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = Path(tmp) / "descriptions.txt"
+        write_descriptions(texts, args.rows)
+        print(f"\nthroughput over {args.rows} descriptions (batch {args.batch_size}), one process each")
+        results = {}
+        cases = {
+            "plain PyTorch loop, pad 128": [
+                python,
+                "bench/predict.py",
+                "--batch-size",
+                str(args.batch_size),
+                "--worker",
+                str(model),
+                str(texts),
+            ],
+        }
+        for label, extra in (
+            ("predict.py torch", ["--backend", "torch"]),
+            ("predict.py onnx fp32", ["--backend", "onnx", "--onnx-variant", "fp32"]),
+            ("predict.py onnx int8", ["--backend", "onnx", "--onnx-variant", "int8"]),
+        ):
+            out = Path(tmp) / f"{label.replace(' ', '-')}.jsonl"
+            cases[label] = [
+                python,
+                "predict.py",
+                "--model",
+                str(model),
+                "--input",
+                str(texts),
+                "--output",
+                str(out),
+                "--batch-size",
+                str(args.batch_size),
+                *extra,
+            ]
+        for label, command in cases.items():
+            wall, rss = run_measured(command)
+            results[label] = (args.rows / wall, rss)
+            print(f"  {label:<28} {args.rows / wall:8.1f} descriptions/s   peak RSS {rss:7.0f} MiB   ({wall:.1f} s)")
+        base = results["plain PyTorch loop, pad 128"][0]
+        for label, (rate, _) in results.items():
+            print(f"  {label:<28} {rate / base:5.2f}x the plain loop")
+
+        if args.flat_rows:
+            big = Path(tmp) / "many.txt"
+            write_descriptions(big, args.flat_rows)
+            wall, rss = run_measured(
+                [
+                    python,
+                    "predict.py",
+                    "--model",
+                    str(model),
+                    "--input",
+                    str(big),
+                    "--output",
+                    str(Path(tmp) / "many.jsonl"),
+                ]
+            )
+            small_rss = results["predict.py onnx int8"][1]
+            print(
+                f"\nflat memory: predict.py --input {args.flat_rows} rows: peak RSS {rss:.0f} MiB ({args.rows} rows: {small_rss:.0f} MiB), {args.flat_rows / wall:.1f} descriptions/s"
+            )
+
+
+if __name__ == "__main__":
+    main()
