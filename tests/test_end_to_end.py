@@ -206,3 +206,36 @@ def test_default_model_falls_back_to_the_packaged_one_when_offline():
 def test_train_log_reports_baselines_and_tags_examples(trained):
     assert "TF-IDF baseline" in trained["log"] and "most frequent genres" in trained["log"]
     assert "A retired hitman seeks revenge" in trained["log"]
+
+
+def test_cross_validation_reports_mean_and_std_for_model_and_baseline(tiny_distilbert, imdb_csv, tmp_path):
+    output = tmp_path / "cv" / "run"
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "150", "--model", tiny_distilbert, "--epochs", "1",
+        "--folds", "2", "--output", output, "--checkpoint-dir", tmp_path / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "cv" / "run-cv2.json").read_text())
+    assert len(report["folds"]) == 2
+    for who in ("model", "baseline"):
+        assert set(report["summary"][who]) == {"macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"}
+        assert report["summary"][who]["macro_f1"]["std"] >= 0
+    assert not output.exists()  # cross-validation saves no model
+    assert "± " in result.stdout
+
+
+def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, imdb_csv, tmp_path):
+    lines = imdb_csv.read_text().splitlines(keepends=True)
+    train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
+    train_csv.write_text("".join(lines[:131]))
+    test_csv.write_text(lines[0] + "".join(lines[131:171]))
+    output = tmp_path / "run"
+    result = run_script(
+        "train.py", "--data", train_csv, "--test-data", test_csv, "--model", tiny_distilbert, "--epochs", "1",
+        "--output", output, "--checkpoint-dir", tmp_path / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["test"]["rows"] == 40
+    split = (output / "split.csv").read_text()
+    assert split.count("\ntest,") == 40 and split.count("\nvalidation,") >= 10
