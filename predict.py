@@ -121,7 +121,7 @@ def iter_input_chunks(source, text_column, label_column):
     is_csv = source != "-" and source.lower().endswith(".csv")
     if source != "-" and not Path(source).exists():
         raise UserError(f"--input {source} does not exist")
-    handle = sys.stdin if source == "-" else open(source, newline="" if is_csv else None, encoding="utf-8")
+    handle = sys.stdin if source == "-" else open(source, newline="" if is_csv else None, encoding="utf-8-sig")
     try:
         if is_csv:
             reader = csv.DictReader(handle)
@@ -161,7 +161,10 @@ class ResultWriter:
     def __init__(self, path, labels, threshold_text, as_json):
         self.labels, self.threshold_text, self.as_json = labels, threshold_text, as_json
         self.path = path
-        self.handle = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+        try:
+            self.handle = open(path, "w", newline="", encoding="utf-8") if path else sys.stdout
+        except OSError as err:
+            raise UserError(f"cannot write --output {path} ({err.strerror}); choose a writable path") from None
         self.csv = None
         if path and path.lower().endswith(".csv"):
             self.csv = csv.writer(self.handle)

@@ -161,7 +161,39 @@ def running_in_notebook():
     return "ipykernel" in sys.modules
 
 
+def fail(message):
+    """Stop with one line that says what to do (an exception in a notebook, where exiting would kill the kernel)."""
+    if running_in_notebook():
+        raise UserError(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def settings_problem(args):
+    if min(args.epochs, args.batch_size, args.max_length, args.patience) < 1:
+        return "--epochs, --batch-size, --max-length and --patience must be at least 1"
+    if not (0 < args.val_fraction < 0.5 and 0 < args.test_fraction < 0.5):
+        return "--val-fraction and --test-fraction must be between 0 and 0.5"
+    if not 0 < args.threshold < 1:
+        return "--threshold must be between 0 and 1"
+    if args.folds == 1 or args.folds < 0:
+        return "--folds must be 0 (off) or at least 2"
+    output = Path(args.output)
+    if output.exists() and not (
+        output.is_dir() and ((output / "train_config.json").exists() or not any(output.iterdir()))
+    ):
+        return f"--output {output} exists and is not a genre-tagger run; choose another folder so nothing of yours is replaced"
+    checkpoints = Path(args.checkpoint_dir) / output.name
+    if not args.resume and any(checkpoints.glob("checkpoint-*")):
+        return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
+    if args.resume and not any(checkpoints.glob("checkpoint-*")):
+        return f"--resume: no checkpoint in {checkpoints} to continue from"
+    return None
+
+
 args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
+if problem := settings_problem(args):
+    fail(problem)
 if args.threads:
     torch.set_num_threads(args.threads)
 transformers.utils.logging.set_verbosity_error()
@@ -176,13 +208,6 @@ started = time.time()
 
 
 # %%
-def fail(message):
-    if running_in_notebook():
-        raise UserError(message)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 try:
     if Path(args.data) == gdata.DEFAULT_DATA_PATH:
         gdata.ensure_dataset(args.data)
@@ -194,6 +219,8 @@ except UserError as err:
     fail(str(err))
 if args.limit:
     movies = movies.head(args.limit).reset_index(drop=True)
+if len(movies) < 50:
+    fail(f"{args.data} has {len(movies)} usable rows; training, validation and test need at least 50")
 print(f"{args.data}: {cleaning}")
 movies.head()
 
@@ -527,7 +554,7 @@ try:
 finally:
     if staged.exists():
         shutil.rmtree(staged, ignore_errors=True)
-zip_path = runs.zip_folder(output, output.with_suffix(".zip"))
+zip_path = runs.zip_folder(output, runs.zip_path_of(output))
 shutil.rmtree(checkpoint_dir, ignore_errors=True)
 print(f"saved {output}/ and {zip_path} in {time.time() - started:.0f} s total")
 

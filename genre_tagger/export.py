@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.runs import check_run_folder, zip_folder
+from genre_tagger.runs import check_run_folder, zip_folder, zip_path_of
 
 
 def main(argv=None):
@@ -21,9 +21,9 @@ def main(argv=None):
     from genre_tagger.modeling import export_run
 
     info = export_run(folder)
-    zip_folder(folder, folder.with_suffix(".zip"))
+    zip_folder(folder, zip_path_of(folder))
     print(
-        f"exported {', '.join(info['files'].values())} into {folder}; predict.py uses {info['default']}; refreshed {folder.with_suffix('.zip')}"
+        f"exported {', '.join(info['files'].values())} into {folder}; predict.py uses {info['default']}; refreshed {zip_path_of(folder)}"
     )
 
 

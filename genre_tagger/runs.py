@@ -27,6 +27,12 @@ DEFAULT_RUN = Path("models/genre-classifier")
 REQUIRED_FILES = ("config.json", "model.safetensors", "thresholds.json", "train_config.json")
 
 
+def zip_path_of(folder):
+    """models/genre-classifier -> models/genre-classifier.zip (kept whole, even with dots in the name)."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.zip"
+
+
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
@@ -125,8 +131,8 @@ class OpenRun:
     def __enter__(self):
         path = self.path
         if not path.exists():
-            if path == DEFAULT_RUN and DEFAULT_RUN.with_suffix(".zip").exists():
-                path = DEFAULT_RUN.with_suffix(".zip")
+            if path == DEFAULT_RUN and zip_path_of(DEFAULT_RUN).exists():
+                path = zip_path_of(DEFAULT_RUN)
             else:
                 raise UserError(f"no trained model at {self.path}; run train.py first (or pass --model PATH)")
         if path.is_dir():

@@ -239,3 +239,18 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
     assert metrics["test"]["rows"] == 40
     split = (output / "split.csv").read_text()
     assert split.count("\ntest,") == 40 and split.count("\nvalidation,") >= 10
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "at least 1"),
+        (["--folds", "1"], "--folds"),
+        (["--output", "pyproject.toml"], "is not a genre-tagger run"),
+        (["--resume", "--output", "never-trained"], "no checkpoint"),
+    ],
+)
+def test_train_refuses_bad_settings_before_any_work(args, message):
+    result = run_script("train.py", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
