@@ -254,3 +254,14 @@ def test_train_refuses_bad_settings_before_any_work(args, message):
     result = run_script("train.py", *args)
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_onnx_path_never_imports_torch_or_transformers(trained):
+    code = (
+        "import sys; import predict; "
+        f"predict.main(['--model', {str(trained['output'])!r}, 'A plot about a heist.']); "
+        "print('HEAVY' if {'torch', 'transformers'} & set(sys.modules) else 'LIGHT')"
+    )
+    result = run_script("-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "LIGHT"
