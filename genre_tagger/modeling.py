@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -308,13 +309,62 @@ def export_run(folder, max_tolerated_f1_drop=0.01):
     return info
 
 
+def _genre_trainer_class():
+    # Built on first use: importing Trainer costs seconds that predict.py should not pay.
+    from transformers import Trainer
+
+    class GenreTrainer(Trainer):
+        """Trainer whose optimizer gives each part of the model its own learning rate.
+
+        The 20-way linear head starts from random weights and, at the encoder's small lr, is still far
+        from fitted when the encoder has begun to overfit 720 rows: it gets `head_lr`. With
+        `layer_decay` < 1, encoder layer i of L learns at lr * layer_decay ** (L - i) (embeddings one
+        step lower still): the lower layers hold general language knowledge worth disturbing least.
+        Weight decay skips biases and LayerNorm weights, as the stock Trainer optimizer does.
+        """
+
+        def __init__(self, *args, head_lr, layer_decay=1.0, **kwargs):
+            self.head_lr, self.layer_decay = head_lr, layer_decay
+            super().__init__(*args, **kwargs)
+
+        def learning_rate_of(self, name):
+            if name.startswith("classifier."):
+                return self.head_lr
+            layers = self.model.config.num_hidden_layers
+            match = re.search(r"\.layer\.(\d+)\.", name)
+            depth = int(match.group(1)) + 1 if match else (0 if ".embeddings." in name else layers + 1)
+            return self.args.learning_rate * self.layer_decay ** (layers + 1 - depth)
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                decay = set(self.get_decay_parameter_names(self.model))
+                groups = {}
+                for name, param in self.model.named_parameters():
+                    if param.requires_grad:
+                        key = (self.learning_rate_of(name), name in decay)
+                        groups.setdefault(key, []).append(param)
+                # The linear schedule (warm-up, then decay) scales every group's own lr alike.
+                self.optimizer = torch.optim.AdamW(
+                    [
+                        {"params": params, "lr": lr, "weight_decay": self.args.weight_decay if decayed else 0.0}
+                        for (lr, decayed), params in groups.items()
+                    ],
+                    lr=self.args.learning_rate,
+                )
+            return self.optimizer
+
+    return GenreTrainer
+
+
 def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint_dir, threshold, resume=False):
     """Fine-tune with the Hugging Face Trainer; returns the trainer, its model already the best one.
 
-    Validation runs every epoch (or every `save_steps`), the best checkpoint by validation macro-F1
-    is restored at the end, and training stops early after `patience` evaluations without improvement.
+    Validation runs every epoch (or every `save_steps`), the best checkpoint by `settings["select_by"]`
+    (validation macro-F1, macro ROC-AUC or loss) is restored at the end, and training stops early after
+    `patience` evaluations without improvement. The classifier layer learns at `settings["head_lr"]`,
+    the encoder at `settings["lr"]` (see GenreTrainer).
     """
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
     from genre_tagger.metrics import multilabel_metrics, sigmoid
 
@@ -341,8 +391,8 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         save_steps=every,
         save_total_limit=settings["save_total_limit"],
         load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
-        greater_is_better=True,
+        metric_for_best_model=settings["select_by"],
+        greater_is_better=settings["select_by"] != "loss",
         train_sampling_strategy="group_by_length",
         logging_strategy="steps",
         logging_steps=every,
@@ -354,7 +404,9 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         report_to="none",
         disable_tqdm=settings.get("quiet", False),
     )
-    trainer = Trainer(
+    trainer = _genre_trainer_class()(
+        head_lr=settings["head_lr"] or settings["lr"],
+        layer_decay=settings["layer_decay"],
         model=model,
         args=arguments,
         train_dataset=train_dataset,
