@@ -582,6 +582,8 @@ finally:
         shutil.rmtree(staged, ignore_errors=True)
 zip_path = runs.zip_folder(output, runs.zip_path_of(output))
 shutil.rmtree(checkpoint_dir, ignore_errors=True)
+if checkpoint_dir.parent.exists() and not any(checkpoint_dir.parent.iterdir()):
+    checkpoint_dir.parent.rmdir()
 print(f"saved {output}/ and {zip_path} in {time.time() - started:.0f} s total")
 
 # %% [markdown]

@@ -296,6 +296,8 @@ def export_run(folder, max_tolerated_f1_drop=0.01):
         onnx_val = tagger.probabilities(validation["text"].tolist())
         check[variant] = {
             "max_abs_probability_difference_vs_torch": float(np.abs(onnx_val - torch_val).max()),
+            "mean_abs_probability_difference_vs_torch": float(np.abs(onnx_val - torch_val).mean()),
+            "p99_abs_probability_difference_vs_torch": float(np.quantile(np.abs(onnx_val - torch_val), 0.99)),
             "decision_agreement_vs_torch": float(
                 (apply_thresholds(onnx_val, threshold) == apply_thresholds(torch_val, threshold)).mean()
             ),
