@@ -44,6 +44,7 @@ def train_once(texts, label_matrix, labels, fixed_padding, args, work):
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
+        dataloader_pin_memory=False,
         disable_tqdm=True,
         train_sampling_strategy="random" if fixed_padding else "group_by_length",
     )
