@@ -115,8 +115,8 @@ class GenreClassifier(nn.Module):
 def positive_weights(label_matrix, mode):
     """Per-genre weight of positive rows in BCE: 'none' (1), 'full' (negatives/positives), 'sqrt' (its root).
 
-    Full weighting makes a 5-movie genre count ~150x; its square root keeps rare genres visible
-    without flooding the output with low-precision guesses.
+    Full weighting makes a 5-movie genre's positives count ~150x, balancing each genre's loss; its
+    square root is the gentler middle. On the fixed protocol full measured best (bench/QUALITY.md).
     """
     positives = label_matrix.sum(axis=0)
     ratio = (len(label_matrix) - positives) / np.maximum(positives, 1)
