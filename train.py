@@ -327,7 +327,6 @@ print(f"base model: {base_model}")
 from transformers import AutoTokenizer  # noqa: E402
 
 tokenizer = AutoTokenizer.from_pretrained(base_path)
-pos_weight = positive_weights(Y_train, args.pos_weight)
 settings = {
     "epochs": args.epochs,
     "batch_size": args.batch_size,
@@ -552,7 +551,7 @@ try:
                 "cleaning": cleaning,
             },
             "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
-            "pos_weight": dict(zip(labels, map(float, pos_weight))),
+            "pos_weight": dict(zip(labels, map(float, positive_weights(Y_train, args.pos_weight)))),
             "seconds": {"train": round(train_seconds, 1), "until_save": round(time.time() - started, 1)},
             "machine": {
                 "platform": platform.platform(),

@@ -100,23 +100,10 @@ def test_onnx_and_torch_backends_agree(trained):
     assert np.abs(int8 - torch_p).max() < 0.05
     assert (apply_thresholds(fp32, 0.3) == apply_thresholds(torch_p, 0.3)).all()
     # The same genres through predict.py's two backends.
+    backends = {"onnx": ["--backend", "onnx", "--onnx-variant", "fp32"], "torch": ["--backend", "torch"]}
     outputs = [
-        run_script(
-            "predict.py",
-            "--model",
-            trained["output"],
-            "--backend",
-            backend,
-            "--onnx-variant",
-            "fp32",
-            "--json",
-            *DESCRIPTIONS,
-        ).stdout
-        if backend == "onnx"
-        else run_script(
-            "predict.py", "--model", trained["output"], "--backend", backend, "--json", *DESCRIPTIONS
-        ).stdout
-        for backend in ("onnx", "torch")
+        run_script("predict.py", "--model", trained["output"], *flags, "--json", *DESCRIPTIONS).stdout
+        for flags in backends.values()
     ]
     genres = [[[g["genre"] for g in json.loads(line)["genres"]] for line in out.splitlines()] for out in outputs]
     assert genres[0] == genres[1]
