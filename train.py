@@ -28,7 +28,6 @@ from genre_tagger.modeling import (
     DEFAULT_BASE_MODEL,
     OFFLINE_MODEL_ALIAS,
     TextDataset,
-    average_weights,
     build_classifier,
     export_run,
     fine_tune,
@@ -36,7 +35,6 @@ from genre_tagger.modeling import (
     predict_probabilities,
     resolve_base_model,
     save_classifier,
-    save_weights,
 )
 
 # %% [markdown]
@@ -83,14 +81,6 @@ def build_parser():
         "--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)"
     )
     p.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default: %(default)s)")
-    p.add_argument(
-        "--members",
-        type=int,
-        default=2,
-        help="fine-tune N models from the same start with their own batch order and average their weights "
-        "into one (a model soup); training takes N times as long, prediction as long as one model "
-        "(default: %(default)s)",
-    )
     p.add_argument(
         "--patience",
         type=int,
@@ -198,8 +188,8 @@ def fail(message):
 
 
 def settings_problem(args):
-    if min(args.epochs, args.members, args.batch_size, args.max_length, args.patience) < 1:
-        return "--epochs, --members, --batch-size, --max-length and --patience must be at least 1"
+    if min(args.epochs, args.batch_size, args.max_length, args.patience) < 1:
+        return "--epochs, --batch-size, --max-length and --patience must be at least 1"
     if not (0 < args.val_fraction < 0.5 and 0 < args.test_fraction < 0.5):
         return "--val-fraction and --test-fraction must be between 0 and 0.5"
     if not 0 < args.threshold < 1:
@@ -212,10 +202,9 @@ def settings_problem(args):
     ):
         return f"--output {output} exists and is not a genre-tagger run; choose another folder so nothing of yours is replaced"
     checkpoints = Path(args.checkpoint_dir) / output.name
-    interrupted = any(checkpoints.glob("member-*/*"))
-    if not args.resume and interrupted:
+    if not args.resume and any(checkpoints.glob("checkpoint-*")):
         return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
-    if args.resume and not interrupted:
+    if args.resume and not any(checkpoints.glob("checkpoint-*")):
         return f"--resume: no checkpoint in {checkpoints} to continue from"
     return None
 
@@ -355,54 +344,20 @@ settings = {
 
 
 def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False):
-    """Fine-tune --members classifiers and average their weights; returns that model and each member's record.
-
-    Every member starts from the same weights (the pretrained encoder and one head initialised with
-    --seed) and gets its own batch order and dropout (seed --seed + i); each keeps its best validation
-    epoch. A finished member's weights wait in its checkpoint folder, so --resume skips it.
-    """
-    pos_weight = positive_weights(Y_train, args.pos_weight)
-    train_set = TextDataset(train_texts, tokenizer, args.max_length, Y_train)
-    val_set = TextDataset(val_texts, tokenizer, args.max_length, Y_val)
-    selection_key = f"eval_{args.select_by}"
-    records, weight_files = [], []
-    for member in range(args.members):
-        member_dir = Path(checkpoint_dir) / f"member-{member}"
-        weights, record_path = member_dir / "best.safetensors", member_dir / "record.json"
-        transformers.set_seed(args.seed)
-        model = build_classifier(base_path, labels, args.pooling, args.dropout, pos_weight)
-        if not (resume and record_path.exists()):
-            print(f"member {member + 1}/{args.members}: seed {args.seed + member}")
-            trainer = fine_tune(
-                model,
-                tokenizer,
-                train_set,
-                val_set,
-                {**settings, "seed": args.seed + member},
-                member_dir,
-                args.threshold,
-                resume=resume and any(member_dir.glob("checkpoint-*")),
-            )
-            history = trainer.state.log_history
-            evaluations = [e for e in history if selection_key in e]
-            best = (min if args.select_by == "loss" else max)(evaluations, key=lambda e: e[selection_key])
-            save_weights(model, weights)
-            runs.write_json(
-                record_path,
-                {
-                    "seed": args.seed + member,
-                    "best_epoch": best["epoch"],
-                    "best_validation": {k[len("eval_") :]: v for k, v in best.items() if k.startswith("eval_")},
-                    "log_history": history,
-                },
-            )
-            for checkpoint in member_dir.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint)
-        records.append(runs.read_json(record_path))
-        weight_files.append(weights)
-    model.load_state_dict(average_weights(weight_files))
-    model.eval()
-    return model, records
+    """Fine-tune a fresh classifier; returns it (best validation epoch) and the trainer's log."""
+    transformers.set_seed(args.seed)
+    model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
+    trainer = fine_tune(
+        model,
+        tokenizer,
+        TextDataset(train_texts, tokenizer, args.max_length, Y_train),
+        TextDataset(val_texts, tokenizer, args.max_length, Y_val),
+        settings,
+        checkpoint_dir,
+        args.threshold,
+        resume=resume,
+    )
+    return model, trainer.state.log_history
 
 
 # %% [markdown]
@@ -470,12 +425,12 @@ if args.folds:
 # %%
 checkpoint_dir = Path(args.checkpoint_dir) / output.name
 train_started = time.time()
-model, members = train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume)
+model, log_history = train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume)
 train_seconds = time.time() - train_started
-print(
-    f"trained in {train_seconds:.0f} s; best validation epoch of each member: "
-    + ", ".join(f"{m['best_epoch']:.2f}" for m in members)
-)
+selection_key = f"eval_{args.select_by}"
+evaluations = [e for e in log_history if selection_key in e]
+best_epoch = (min if args.select_by == "loss" else max)(evaluations, key=lambda e: e[selection_key])["epoch"]
+print(f"trained in {train_seconds:.0f} s; best validation epoch {best_epoch:.2f}")
 
 # %% [markdown]
 # ## Evaluate
@@ -519,12 +474,6 @@ rows = {
     "most frequent genres": evaluation["baseline_most_frequent"]["test"],
 }
 summary_table = pd.DataFrame(rows).T[["macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"]]
-if len(members) > 1:
-    print(
-        "validation macro-F1 of each member: "
-        + ", ".join(f"{m['best_validation']['macro_f1']:.4f}" for m in members)
-        + f"; of their averaged weights: {evaluation['validation']['macro_f1']:.4f}"
-    )
 print(f"test rows: {len(Y_test)}, threshold {args.threshold}, tuned global {tuned['global']}")
 print(summary_table.round(4).to_string())
 
@@ -580,10 +529,11 @@ try:
         "threshold": args.threshold,
         "tuned_thresholds": tuned,
         "base_model": base_model,
+        "best_epoch": best_epoch,
         **evaluation,
         "per_genre_test": report,
         "baseline_tfidf_per_genre_test": baseline_report,
-        "members": members,
+        "log_history": log_history,
     }
     runs.write_json(staged / "metrics.json", metrics_payload)
     runs.write_json(

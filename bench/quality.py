@@ -210,7 +210,7 @@ def main():
         },
         "model": args.model,
         "train_py_extra_flags": extra,
-        "best_epochs": [[member["best_epoch"] for member in metrics["members"]] for metrics, _ in results],
+        "best_epochs": [metrics["best_epoch"] for metrics, _ in results],
         "tuned_global_thresholds": [metrics["tuned_thresholds"]["global"] for metrics, _ in results],
         "table": table,
     }

@@ -148,41 +148,12 @@ def label_config(config, labels, pooling, dropout):
 
 
 def save_classifier(model, tokenizer, folder):
-    model.config.save_pretrained(folder)
-    save_weights(model, os.path.join(folder, "model.safetensors"))
-    tokenizer.save_pretrained(folder)
-
-
-def average_weights(paths):
-    """The element-wise mean of several saved state dicts (safetensors files) of one architecture.
-
-    Fine-tunes that share their starting weights land in one basin of the loss, where the average of
-    their weights (a "model soup", Wortsman et al., 2022) is a better model than each: one model's
-    prediction cost for an ensemble's accuracy.
-    """
-    from safetensors.torch import load_file
-
-    total, dtypes = None, {}
-    for path in paths:
-        state = load_file(str(path))
-        if total is None:
-            dtypes = {name: tensor.dtype for name, tensor in state.items()}
-            total = {name: tensor.double() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
-        else:
-            for name, tensor in state.items():
-                if tensor.is_floating_point():
-                    total[name] += tensor.double()
-    return {
-        name: (tensor / len(paths)).to(dtypes[name]) if tensor.is_floating_point() else tensor
-        for name, tensor in total.items()
-    }
-
-
-def save_weights(model, path):
     from safetensors.torch import save_file
 
+    model.config.save_pretrained(folder)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
 
 
 def load_classifier(folder):

@@ -1,7 +1,6 @@
 """train.py → run folder and zip → predict.py, as subprocesses, with a tiny random DistilBERT."""
 
 import json
-import shutil
 import zipfile
 
 import numpy as np
@@ -22,8 +21,7 @@ def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
     output = work / "models" / "genre-classifier"
     result = run_script(
         "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--epochs", "2",
-        "--batch-size", "16", "--lr", "1e-3", "--members", "2", "--output", output,
-        "--checkpoint-dir", work / "checkpoints",
+        "--batch-size", "16", "--lr", "1e-3", "--output", output, "--checkpoint-dir", work / "checkpoints",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return {
@@ -64,37 +62,6 @@ def test_run_folder_describes_itself(trained):
     ]
     split = (folder / "split.csv").read_text().splitlines()
     assert split[0] == "split,source_row,labels,text" and len(split) == 201
-
-
-def test_members_are_trained_with_their_own_seeds_and_averaged(trained):
-    members = json.loads((trained["output"] / "metrics.json").read_text())["members"]
-    assert [m["seed"] for m in members] == [42, 43]
-    for member in members:
-        assert 1 <= member["best_epoch"] <= 2 and 0 <= member["best_validation"]["macro_f1"] <= 1
-        assert any("eval_macro_f1" in entry for entry in member["log_history"])
-    assert "member 1/2: seed 42" in trained["log"] and "member 2/2: seed 43" in trained["log"]
-    assert "of their averaged weights" in trained["log"]
-
-
-def test_resume_skips_members_that_finished(tiny_distilbert, imdb_csv, tmp_path):
-    common = [
-        "train.py", "--data", imdb_csv, "--limit", "120", "--model", tiny_distilbert, "--epochs", "1",
-        "--checkpoint-dir", tmp_path / "checkpoints",
-    ]  # fmt: skip
-    single = run_script(*common, "--members", "1", "--output", tmp_path / "single")
-    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
-    # An interrupted two-member run whose first member had finished: that member is the single run's model.
-    finished = tmp_path / "checkpoints" / "pair" / "member-0"
-    finished.mkdir(parents=True)
-    shutil.copy(tmp_path / "single" / "model.safetensors", finished / "best.safetensors")
-    first_record = json.loads((tmp_path / "single" / "metrics.json").read_text())["members"][0]
-    (finished / "record.json").write_text(json.dumps(first_record))
-    resumed = run_script(*common, "--members", "2", "--resume", "--output", tmp_path / "pair")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "member 1/2" not in resumed.stdout and "member 2/2: seed 43" in resumed.stdout
-    records = json.loads((tmp_path / "pair" / "metrics.json").read_text())["members"]
-    assert records[0] == first_record and records[1]["seed"] == 43
-    assert not (tmp_path / "checkpoints" / "pair").exists()
 
 
 def test_checkpoints_are_cleaned_and_zip_holds_the_run(trained):
@@ -266,7 +233,6 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
     [
         (["--epochs", "0"], "at least 1"),
         (["--folds", "1"], "--folds"),
-        (["--members", "0"], "at least 1"),
         (["--output", "pyproject.toml"], "is not a genre-tagger run"),
         (["--resume", "--output", "never-trained"], "no checkpoint"),
     ],

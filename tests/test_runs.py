@@ -79,16 +79,3 @@ def test_thresholds_of_reads_numbers_and_saved_choices(tmp_path):
     for bad in ("1.5", "high"):
         with pytest.raises(UserError, match="--threshold"):
             runs.thresholds_of(folder, bad)
-
-
-def test_average_weights_is_the_elementwise_mean_and_keeps_integer_tensors(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    from genre_tagger.modeling import average_weights
-
-    save_file({"w": torch.tensor([1.0, 2.0]), "ids": torch.tensor([0, 1])}, str(tmp_path / "a.safetensors"))
-    save_file({"w": torch.tensor([3.0, 6.0]), "ids": torch.tensor([0, 1])}, str(tmp_path / "b.safetensors"))
-    soup = average_weights([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
-    assert torch.equal(soup["w"], torch.tensor([2.0, 4.0])) and soup["w"].dtype == torch.float32
-    assert torch.equal(soup["ids"], torch.tensor([0, 1]))
