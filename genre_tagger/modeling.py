@@ -19,6 +19,7 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from genre_tagger import UserError
+from genre_tagger.base_models import MPNET_ALIAS, MPNET_NAME, mpnet_model_path
 
 DEFAULT_BASE_MODEL = "distilbert-base-uncased"
 OFFLINE_MODEL_ALIAS = "minilm"
@@ -39,6 +40,8 @@ def resolve_base_model(name):
     """
     if name == OFFLINE_MODEL_ALIAS:
         return packaged_model_path(), "sentence-transformers/all-MiniLM-L6-v2 (packaged)", None
+    if name == MPNET_ALIAS:
+        return mpnet_model_path(), MPNET_NAME, None
     try:
         AutoConfig.from_pretrained(name)
         AutoTokenizer.from_pretrained(name)
@@ -47,7 +50,7 @@ def resolve_base_model(name):
         if name != DEFAULT_BASE_MODEL:
             raise UserError(
                 f"cannot load base model {name!r} ({first_line}); pass a hub id, a local folder, "
-                f"or --model {OFFLINE_MODEL_ALIAS} for the packaged offline model"
+                f"--model {OFFLINE_MODEL_ALIAS} for the packaged offline model, or --model {MPNET_ALIAS} (see requirements-mpnet.txt)"
             ) from None
         note = (
             f"{DEFAULT_BASE_MODEL} cannot be loaded here (offline and not cached); "
