@@ -24,6 +24,7 @@ from genre_tagger import UserError, plots, runs
 from genre_tagger import data as gdata
 from genre_tagger import metrics as gmetrics
 from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
+from genre_tagger.frozen import train_frozen_head
 from genre_tagger.modeling import (
     DEFAULT_BASE_MODEL,
     OFFLINE_MODEL_ALIAS,
@@ -172,6 +173,17 @@ def build_parser():
         help="continue an interrupted run from its latest checkpoint in --checkpoint-dir",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0 = all cores)")
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="keep the pretrained encoder fixed: embed every text once, then fit only the head (seconds, not minutes)",
+    )
+    p.add_argument(
+        "--frozen-head",
+        choices=["logreg", "linear"],
+        default="logreg",
+        help="with --freeze-encoder: per-genre logistic regressions (C picked on validation) or the linear layer trained by AdamW at --head-lr (default: %(default)s)",
+    )
     return p
 
 
@@ -344,9 +356,15 @@ settings = {
 
 
 def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False):
-    """Fine-tune a fresh classifier; returns it (best validation epoch) and the trainer's log."""
+    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log."""
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
+    if args.freeze_encoder:
+        log = train_frozen_head(
+            model, tokenizer, train_texts, Y_train, val_texts, Y_val, settings, args.threshold,
+            args.frozen_head, args.dropout, args.max_length,
+        )  # fmt: skip
+        return model, log
     trainer = fine_tune(
         model,
         tokenizer,

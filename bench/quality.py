@@ -8,13 +8,20 @@ TF-IDF baseline and the trivial most-frequent-genres baseline, all read from the
 
     python bench/quality.py                        # 3 seeds, --model minilm, train.py defaults
     python bench/quality.py --seeds 42 -- --lr 5e-5 --epochs 12   # flags after -- go to train.py
+    python bench/quality.py --model mpnet -- --freeze-encoder      # frozen encoder, trained head
+    python bench/quality.py -- --teacher /tmp/q-mpnet/run-{seed}  # {seed} becomes each run's seed
+
+Beside each run's training time the table reports its peak resident memory (the train.py process's
+maximum RSS, from the operating system's accounting of the finished child).
 """
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -123,15 +130,33 @@ def run_seed(seed, args, train_path, test_path, work, extra):
         str(run_dir),
         "--checkpoint-dir",
         str(work / "ck"),
-        *extra,
+        *[flag.replace("{seed}", str(seed)) for flag in extra],
     ]
     print(f"\n=== seed {seed}: {' '.join(command)}", flush=True)
     started = time.time()
     # train.py runs from the repository root, as its relative defaults expect; its log streams through.
-    subprocess.run(command, cwd=ROOT, check=True, timeout=args.timeout)
-    print(f"=== seed {seed} finished in {time.time() - started:.0f} s (wall clock, whole run)", flush=True)
+    process = subprocess.Popen(command, cwd=ROOT)
+    watchdog = threading.Timer(args.timeout, process.kill)
+    watchdog.start()
+    try:
+        # wait4 gives this child's own resource usage: its peak RSS (kB on Linux), not the sum of all runs.
+        _, status, usage = os.wait4(process.pid, 0)
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        watchdog.cancel()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    peak_rss_mb = usage.ru_maxrss / 1024
+    print(
+        f"=== seed {seed} finished in {time.time() - started:.0f} s (wall clock, whole run), peak RSS {peak_rss_mb:.0f} MB",
+        flush=True,
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = json.loads((run_dir / "train_config.json").read_text())
+    config["peak_rss_mb"] = peak_rss_mb
     if not args.keep_runs:
         # Model weights, ONNX files and plots are ~100 MB a run; the numbers are all in the JSON files.
         for item in run_dir.iterdir():
@@ -156,28 +181,24 @@ def summarise(results):
             values = [dig(metrics, keys)[metric] for metrics, _ in results]
             table[name][metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     seconds = [config["seconds"]["train"] for _, config in results]
+    peaks = [config["peak_rss_mb"] for _, config in results]
     for name, _ in ROWS[:3]:
-        table[name]["train_seconds"] = {
-            "mean": float(np.mean(seconds)),
-            "std": float(np.std(seconds)),
-            "values": seconds,
-        }
+        for key, values in (("train_seconds", seconds), ("peak_rss_mb", peaks)):
+            table[name][key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     return table
 
 
 def markdown(table, seeds):
-    header = ["", "macro-F1", "micro-F1", "macro ROC-AUC", "Hamming loss", "train time (s)"]
+    header = ["", "macro-F1", "micro-F1", "macro ROC-AUC", "Hamming loss", "train time (s)", "peak RSS (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, cells in table.items():
         row = [name] + [f"{cells[m]['mean']:.4f} ± {cells[m]['std']:.4f}" for m in METRICS]
-        row.append(
-            f"{cells['train_seconds']['mean']:.0f} ± {cells['train_seconds']['std']:.0f}"
-            if "train_seconds" in cells
-            else ""
-        )
+        for key in ("train_seconds", "peak_rss_mb"):
+            row.append(f"{cells[key]['mean']:.0f} ± {cells[key]['std']:.0f}" if key in cells else "")
         lines.append("| " + " | ".join(row) + " |")
     lines.append(
-        f"\nmean ± std (population std) over seeds {', '.join(map(str, seeds))}; train time is wall clock on this machine."
+        f"\nmean ± std (population std) over seeds {', '.join(map(str, seeds))}; train time is wall clock on this "
+        "machine; peak RSS is the whole train.py process (training, evaluation, ONNX export)."
     )
     return "\n".join(lines)
 
