@@ -184,6 +184,23 @@ def build_parser():
         default="logreg",
         help="with --freeze-encoder: per-genre logistic regressions (C picked on validation) or the linear layer trained by AdamW at --head-lr (default: %(default)s)",
     )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="distil: also learn a saved run's (folder or .zip) probabilities on the training rows; it must have trained on the same rows",
+    )
+    p.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=0.5,
+        help="with --teacher: share of the teacher's probabilities in the training targets, 0-1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--teacher-temperature",
+        type=float,
+        default=1.0,
+        help="with --teacher: divide the teacher's logits by this before the sigmoid; > 1 softens (default: %(default)s)",
+    )
     return p
 
 
@@ -355,8 +372,11 @@ settings = {
 }
 
 
-def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False):
-    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log."""
+def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False, targets=None):
+    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log.
+
+    `targets` (default: Y_train) are what the loss learns; positive weights always come from Y_train.
+    """
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
     if args.freeze_encoder:
@@ -368,7 +388,7 @@ def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=F
     trainer = fine_tune(
         model,
         tokenizer,
-        TextDataset(train_texts, tokenizer, args.max_length, Y_train),
+        TextDataset(train_texts, tokenizer, args.max_length, Y_train if targets is None else targets),
         TextDataset(val_texts, tokenizer, args.max_length, Y_val),
         settings,
         checkpoint_dir,
@@ -440,10 +460,33 @@ if args.folds:
 # under-fitted when the encoder began to overfit, which cost about 0.02 macro-F1 and 0.01 ROC-AUC on
 # the 200-row notebook test split (`bench/quality.py`, bench/QUALITY.md).
 
+# %% [markdown]
+# ### Distillation (only with `--teacher RUN`)
+# The student learns (1 - w) x the true labels + w x the teacher's probabilities on the training rows
+# (`--teacher-weight` w, `--teacher-temperature`), so a fast model can learn what a slow one knows.
+
+# %%
+targets = None
+if args.teacher:
+    from genre_tagger.distill import mixed_targets, teacher_probabilities  # noqa: E402
+
+    if not (0 <= args.teacher_weight <= 1 and args.teacher_temperature > 0):
+        fail("--teacher-weight must be between 0 and 1 and --teacher-temperature above 0")
+    try:
+        P_teacher = teacher_probabilities(args.teacher, labels, train_texts, val_texts + test_texts, args.max_length)
+    except UserError as err:
+        fail(str(err))
+    targets = mixed_targets(Y_train, P_teacher, args.teacher_weight, args.teacher_temperature)
+    print(
+        f"teacher {args.teacher}: training-row macro-F1 {gmetrics.multilabel_metrics(Y_train, P_teacher, args.threshold)['macro_f1']:.4f}"
+    )
+
 # %%
 checkpoint_dir = Path(args.checkpoint_dir) / output.name
 train_started = time.time()
-model, log_history = train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume)
+model, log_history = train_model(
+    train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume, targets=targets
+)
 train_seconds = time.time() - train_started
 selection_key = f"eval_{args.select_by}"
 evaluations = [e for e in log_history if selection_key in e]

@@ -83,3 +83,37 @@ def test_frozen_run_is_a_normal_run_for_onnx_and_predict(frozen_run):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert len(record["probabilities"]) >= 15
+
+
+def test_soft_targets_mix_labels_and_softened_teacher_probabilities():
+    from genre_tagger.distill import mixed_targets, soften
+
+    teacher = np.array([[0.9, 0.2, 0.5]])
+    assert np.allclose(soften(teacher, 1.0), teacher)
+    softened = soften(teacher, 2.0)
+    assert softened[0, 0] < 0.9 and softened[0, 1] > 0.2 and softened[0, 2] == pytest.approx(0.5)
+    assert np.allclose(mixed_targets(np.array([[1, 0, 1]]), teacher, 0.25, 1.0), [[0.975, 0.05, 0.875]])
+
+
+def test_student_learns_from_a_teacher_run_on_the_same_rows(frozen_run, imdb_csv, tmp_path):
+    output = tmp_path / "student"
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "200", "--model", frozen_run["base"], "--epochs", "1",
+        "--teacher", frozen_run["output"].with_suffix(".zip"), "--teacher-weight", "0.7",
+        "--output", output, "--checkpoint-dir", tmp_path / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "teacher" in result.stdout and (output / "onnx.json").exists()
+    settings = json.loads((output / "train_config.json").read_text())["settings"]
+    assert settings["teacher_weight"] == 0.7
+
+
+def test_a_teacher_that_saw_the_students_held_out_rows_is_refused(frozen_run, imdb_csv, tmp_path):
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "200", "--model", frozen_run["base"], "--epochs", "1",
+        "--seed", "7", "--teacher", frozen_run["output"], "--output", tmp_path / "student",
+        "--checkpoint-dir", tmp_path / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "validation/test rows" in result.stderr
+    assert not (tmp_path / "student").exists()
