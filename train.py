@@ -67,7 +67,7 @@ def build_parser():
     p.add_argument(
         "--model",
         default=DEFAULT_BASE_MODEL,
-        help=f"base model: hub id, local folder, or '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2 (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)",
+        help=f"base model: hub id, local folder, '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2, or 'mpnet' for all-mpnet-base-v2 from requirements-mpnet.txt (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)",
     )
     p.add_argument(
         "--pooling",
