@@ -56,10 +56,10 @@ def plain_torch_loop(model_dir, input_file, batch_size):
             torch.sigmoid(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
 
 
-def write_descriptions(path, rows):
-    from genre_tagger.data import DEFAULT_DATA_PATH, load_labelled_csv
+def write_descriptions(path, rows, data):
+    from genre_tagger.data import load_labelled_csv
 
-    texts = load_labelled_csv(DEFAULT_DATA_PATH)[0]["text"].tolist()
+    texts = load_labelled_csv(data)[0]["text"].tolist()
     with open(path, "w") as f:
         for i in range(rows):
             f.write(texts[i % len(texts)] + "\n")
@@ -81,6 +81,11 @@ def main():
         help="descriptions for the flat-memory run, ONNX default variant (default: %(default)s; 0 skips it)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: %(default)s)")
+    p.add_argument(
+        "--data",
+        default="data/IMDB-Movie-Data.csv",
+        help="CSV whose descriptions are repeated for the throughput runs (default: %(default)s)",
+    )
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -110,7 +115,7 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp) / "descriptions.txt"
-        write_descriptions(texts, args.rows)
+        write_descriptions(texts, args.rows, args.data)
         print(f"\nthroughput over {args.rows} descriptions (batch {args.batch_size}), one process each")
         results = {}
         cases = {
@@ -153,7 +158,7 @@ def main():
 
         if args.flat_rows:
             big = Path(tmp) / "many.txt"
-            write_descriptions(big, args.flat_rows)
+            write_descriptions(big, args.flat_rows, args.data)
             wall, rss = run_measured(
                 [
                     python,
