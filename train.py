@@ -372,13 +372,16 @@ settings = {
 }
 
 
-def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False, targets=None):
+def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False, teacher_targets=None):
     """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log.
 
-    `targets` (default: Y_train) are what the loss learns; positive weights always come from Y_train.
+    With `teacher_targets` (the teacher's probabilities on the training rows), the loss is
+    (1 - --teacher-weight) x the true-label loss + --teacher-weight x the teacher loss.
     """
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
+    if teacher_targets is not None:
+        model.teacher_weight = args.teacher_weight
     if args.freeze_encoder:
         log = train_frozen_head(
             model, tokenizer, train_texts, Y_train, val_texts, Y_val, settings, args.threshold,
@@ -388,7 +391,7 @@ def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=F
     trainer = fine_tune(
         model,
         tokenizer,
-        TextDataset(train_texts, tokenizer, args.max_length, Y_train if targets is None else targets),
+        TextDataset(train_texts, tokenizer, args.max_length, Y_train, teacher_targets),
         TextDataset(val_texts, tokenizer, args.max_length, Y_val),
         settings,
         checkpoint_dir,
@@ -462,13 +465,14 @@ if args.folds:
 
 # %% [markdown]
 # ### Distillation (only with `--teacher RUN`)
-# The student learns (1 - w) x the true labels + w x the teacher's probabilities on the training rows
-# (`--teacher-weight` w, `--teacher-temperature`), so a fast model can learn what a slow one knows.
+# The student's loss is (1 - w) x its usual loss on the true labels + w x an unweighted BCE on the
+# teacher's probabilities for the training rows (`--teacher-weight` w, `--teacher-temperature`), so a
+# fast model can learn what a slow one knows.
 
 # %%
-targets = None
+teacher_targets = None
 if args.teacher:
-    from genre_tagger.distill import mixed_targets, teacher_probabilities  # noqa: E402
+    from genre_tagger.distill import soften, teacher_probabilities  # noqa: E402
 
     if not (0 <= args.teacher_weight <= 1 and args.teacher_temperature > 0):
         fail("--teacher-weight must be between 0 and 1 and --teacher-temperature above 0")
@@ -476,7 +480,7 @@ if args.teacher:
         P_teacher = teacher_probabilities(args.teacher, labels, train_texts, val_texts + test_texts, args.max_length)
     except UserError as err:
         fail(str(err))
-    targets = mixed_targets(Y_train, P_teacher, args.teacher_weight, args.teacher_temperature)
+    teacher_targets = soften(P_teacher, args.teacher_temperature)
     print(
         f"teacher {args.teacher}: training-row macro-F1 {gmetrics.multilabel_metrics(Y_train, P_teacher, args.threshold)['macro_f1']:.4f}"
     )
@@ -485,7 +489,7 @@ if args.teacher:
 checkpoint_dir = Path(args.checkpoint_dir) / output.name
 train_started = time.time()
 model, log_history = train_model(
-    train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume, targets=targets
+    train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume, teacher_targets=teacher_targets
 )
 train_seconds = time.time() - train_started
 selection_key = f"eval_{args.select_by}"

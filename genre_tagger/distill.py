@@ -1,8 +1,7 @@
-"""Distillation targets (`train.py --teacher RUN`): a saved run's probabilities mixed with the true labels.
+"""Distillation targets (`train.py --teacher RUN`): a saved run's probabilities on the training rows.
 
-BCE is linear in its target, so training on (1 - w) * labels + w * teacher probabilities is the same as
-mixing the true-label loss and the teacher loss with weights 1 - w and w. The teacher's probabilities
-are softened (or sharpened) by a temperature on its logits: sigmoid(logit(p) / T).
+GenreClassifier mixes the loss on them with the true-label loss (see its forward). The teacher's
+probabilities are softened (or sharpened) by a temperature on its logits: sigmoid(logit(p) / T).
 """
 
 import numpy as np
@@ -40,7 +39,3 @@ def teacher_probabilities(teacher, labels, train_texts, held_out_texts, max_leng
             )
         model, tokenizer = load_classifier(folder)
         return predict_probabilities(model, tokenizer, train_texts, max_length)
-
-
-def mixed_targets(Y_train, teacher_probabilities, weight, temperature):
-    return ((1 - weight) * Y_train + weight * soften(teacher_probabilities, temperature)).astype(np.float32)

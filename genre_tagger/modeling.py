@@ -63,9 +63,10 @@ def resolve_base_model(name):
 class TextDataset(torch.utils.data.Dataset):
     """Tokenized texts (no padding: the collator pads each batch to its longest row) and float multi-hot labels."""
 
-    def __init__(self, texts, tokenizer, max_length, label_matrix=None):
+    def __init__(self, texts, tokenizer, max_length, label_matrix=None, teacher_matrix=None):
         self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.label_matrix = label_matrix
+        self.teacher_matrix = teacher_matrix
 
     def __len__(self):
         return len(self.encodings["input_ids"])
@@ -75,6 +76,9 @@ class TextDataset(torch.utils.data.Dataset):
         if self.label_matrix is not None:
             # DataCollatorWithPadding turns lists into tensors; floats keep BCE's targets float.
             item["labels"] = [float(v) for v in self.label_matrix[i]]
+        if self.teacher_matrix is not None:
+            # Not named *label*: the Trainer would then expect it in the validation rows too.
+            item["teacher_targets"] = [float(v) for v in self.teacher_matrix[i]]
         return item
 
 
@@ -97,6 +101,7 @@ class GenreClassifier(nn.Module):
         weight = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
         # Not saved with the weights: it only shapes the training loss.
         self.register_buffer("pos_weight", weight, persistent=False)
+        self.teacher_weight = 0.0  # share of the teacher's loss when training rows carry teacher_targets
 
     def pool(self, hidden, attention_mask):
         if self.pooling == "cls":
@@ -104,7 +109,7 @@ class GenreClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
-    def forward(self, input_ids, attention_mask, labels=None):
+    def forward(self, input_ids, attention_mask, labels=None, teacher_targets=None):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = self.classifier(self.dropout(self.pool(hidden, attention_mask)))
         loss = None
@@ -112,6 +117,11 @@ class GenreClassifier(nn.Module):
             loss = nn.functional.binary_cross_entropy_with_logits(
                 logits, labels.to(logits.dtype), pos_weight=self.pos_weight
             )
+            if teacher_targets is not None:
+                # No positive weights on the teacher's part: they would multiply its small probabilities
+                # on every negative genre ~150-fold and teach the student to tag everything.
+                teacher_loss = nn.functional.binary_cross_entropy_with_logits(logits, teacher_targets.to(logits.dtype))
+                loss = (1 - self.teacher_weight) * loss + self.teacher_weight * teacher_loss
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

@@ -85,14 +85,37 @@ def test_frozen_run_is_a_normal_run_for_onnx_and_predict(frozen_run):
     assert len(record["probabilities"]) >= 15
 
 
-def test_soft_targets_mix_labels_and_softened_teacher_probabilities():
-    from genre_tagger.distill import mixed_targets, soften
+def test_teacher_probabilities_are_softened_by_the_temperature():
+    from genre_tagger.distill import soften
 
     teacher = np.array([[0.9, 0.2, 0.5]])
     assert np.allclose(soften(teacher, 1.0), teacher)
     softened = soften(teacher, 2.0)
     assert softened[0, 0] < 0.9 and softened[0, 1] > 0.2 and softened[0, 2] == pytest.approx(0.5)
-    assert np.allclose(mixed_targets(np.array([[1, 0, 1]]), teacher, 0.25, 1.0), [[0.975, 0.05, 0.875]])
+
+
+def test_distillation_loss_mixes_weighted_true_labels_and_unweighted_teacher_targets():
+    import torch
+
+    from genre_tagger.modeling import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(packaged_minilm(), ["a", "b"], "mean", 0.0, pos_weight=[10.0, 1.0]).eval()
+    batch = {"input_ids": torch.tensor([[101, 2204, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    labels, teacher = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.2, 0.6]])
+    logits = model(**batch).logits
+    true_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=model.pos_weight)
+    teacher_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, teacher)
+    model.teacher_weight = 0.3
+    mixed = model(**batch, labels=labels, teacher_targets=teacher).loss
+    assert mixed.item() == pytest.approx((0.7 * true_loss + 0.3 * teacher_loss).item(), rel=1e-5)
+    assert model(**batch, labels=labels).loss.item() == pytest.approx(true_loss.item(), rel=1e-5)
+
+
+def packaged_minilm():
+    from genre_tagger.modeling import packaged_model_path
+
+    return packaged_model_path()
 
 
 def test_student_learns_from_a_teacher_run_on_the_same_rows(frozen_run, imdb_csv, tmp_path):
