@@ -235,6 +235,10 @@ def settings_problem(args):
         return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
     if args.resume and not any(checkpoints.glob("checkpoint-*")):
         return f"--resume: no checkpoint in {checkpoints} to continue from"
+    if args.teacher and (args.freeze_encoder or args.folds):
+        return "--teacher trains a fine-tuned student on one split: drop --freeze-encoder and --folds"
+    if not (0 <= args.teacher_weight <= 1 and args.teacher_temperature > 0):
+        return "--teacher-weight must be between 0 and 1 and --teacher-temperature above 0"
     return None
 
 
@@ -474,8 +478,6 @@ teacher_targets = None
 if args.teacher:
     from genre_tagger.distill import soften, teacher_probabilities  # noqa: E402
 
-    if not (0 <= args.teacher_weight <= 1 and args.teacher_temperature > 0):
-        fail("--teacher-weight must be between 0 and 1 and --teacher-temperature above 0")
     try:
         P_teacher = teacher_probabilities(args.teacher, labels, train_texts, val_texts + test_texts, args.max_length)
     except UserError as err:

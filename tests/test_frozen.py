@@ -140,3 +140,18 @@ def test_a_teacher_that_saw_the_students_held_out_rows_is_refused(frozen_run, im
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "validation/test rows" in result.stderr
     assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--teacher", "somewhere", "--freeze-encoder"], "drop --freeze-encoder"),
+        (["--teacher", "somewhere", "--folds", "3"], "drop --freeze-encoder and --folds"),
+        (["--teacher-weight", "1.5"], "--teacher-weight must be between 0 and 1"),
+        (["--teacher-temperature", "0"], "--teacher-temperature above 0"),
+    ],
+)
+def test_distillation_settings_are_checked_before_any_work(args, message, tmp_path):
+    result = run_script("train.py", "--output", tmp_path / "run", *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1
