@@ -36,6 +36,7 @@ from genre_tagger.modeling import (
     resolve_base_model,
     save_classifier,
 )
+from genre_tagger.settings import split_problem, train_settings_problem
 
 # %% [markdown]
 # ## Settings
@@ -179,29 +180,41 @@ def running_in_notebook():
     return "ipykernel" in sys.modules
 
 
+def one_line_excepthook(kind, error, trace):
+    """An unexpected error is one line that says it is a bug; GENRE_TAGGER_DEBUG=1 shows the traceback."""
+    if issubclass(kind, KeyboardInterrupt) or os.environ.get("GENRE_TAGGER_DEBUG"):
+        sys.__excepthook__(kind, error, trace)
+        return
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    print(
+        f"error: unexpected {kind.__name__}: {runs.printable(first)} (a bug: please report it; "
+        "GENRE_TAGGER_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
+
+
 def fail(message):
     """Stop with one line that says what to do (an exception in a notebook, where exiting would kill the kernel)."""
     if running_in_notebook():
         raise UserError(message)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {runs.printable(message)}", file=sys.stderr)
     sys.exit(2)
 
 
-def settings_problem(args):
-    if min(args.epochs, args.batch_size, args.max_length, args.patience) < 1:
-        return "--epochs, --batch-size, --max-length and --patience must be at least 1"
-    if not (0 < args.val_fraction < 0.5 and 0 < args.test_fraction < 0.5):
-        return "--val-fraction and --test-fraction must be between 0 and 0.5"
-    if not 0 < args.threshold < 1:
-        return "--threshold must be between 0 and 1"
-    if args.folds == 1 or args.folds < 0:
-        return "--folds must be 0 (off) or at least 2"
+if not running_in_notebook():
+    sys.excepthook = one_line_excepthook
+
+
+def output_problem(args):
+    """Refuse, before any work, to replace anything that is not a run of ours or to start over a resumable run."""
     output = Path(args.output)
-    if output.exists() and not (
-        output.is_dir() and ((output / "train_config.json").exists() or not any(output.iterdir()))
-    ):
-        return f"--output {output} exists and is not a genre-tagger run; choose another folder so nothing of yours is replaced"
+    if problem := runs.replace_problem(output):
+        return f"--output: {problem}; choose another folder so nothing of yours is replaced"
+    if problem := runs.zip_replace_problem(runs.zip_path_of(output)):
+        return f"--output: {problem}; move it or choose another --output so it is not overwritten"
     checkpoints = Path(args.checkpoint_dir) / output.name
+    if checkpoints.exists() and not checkpoints.is_dir():
+        return f"--checkpoint-dir: {checkpoints} exists and is not a folder"
     if not args.resume and any(checkpoints.glob("checkpoint-*")):
         return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
     if args.resume and not any(checkpoints.glob("checkpoint-*")):
@@ -209,8 +222,31 @@ def settings_problem(args):
     return None
 
 
+def tidy_interrupted(args):
+    """Remove what an interrupted train.py left behind for this --output, saying so; keep resumable work."""
+    output = Path(args.output)
+    leftovers = runs.stale_leftovers(output)
+    if leftovers:
+        runs.remove_paths(leftovers)
+        print(f"note: removed {len(leftovers)} half-written leftover(s) of an interrupted save beside {output}")
+    checkpoints = Path(args.checkpoint_dir) / output.name
+    manifest = output / runs.MANIFEST
+    if (
+        not args.resume
+        and checkpoints.is_dir()
+        and manifest.exists()
+        and all(c.stat().st_mtime < manifest.stat().st_mtime for c in checkpoints.glob("checkpoint-*"))
+    ):
+        # The run was saved after its last checkpoint: the process stopped before its own clean-up.
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        print(f"note: removed checkpoints in {checkpoints} left by an interrupted clean-up ({output} is complete)")
+
+
 args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
-if problem := settings_problem(args):
+if problem := train_settings_problem(args):
+    fail(problem)
+tidy_interrupted(args)
+if problem := output_problem(args):
     fail(problem)
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -232,13 +268,15 @@ try:
     movies, cleaning = gdata.load_labelled_csv(args.data, args.text_column, args.label_column)
     test_movies = None
     if args.test_data:
-        test_movies, _ = gdata.load_labelled_csv(args.test_data, args.text_column, args.label_column)
+        test_movies, _ = gdata.load_labelled_csv(args.test_data, args.text_column, args.label_column, "--test-data")
 except UserError as err:
     fail(str(err))
 if args.limit:
     movies = movies.head(args.limit).reset_index(drop=True)
 if len(movies) < 50:
     fail(f"{args.data} has {len(movies)} usable rows; training, validation and test need at least 50")
+if problem := split_problem(len(movies), args.val_fraction, args.test_fraction, test_movies is not None):
+    fail(problem)
 print(f"{args.data}: {cleaning}")
 movies.head()
 
@@ -292,6 +330,15 @@ labels = list(binarizer.classes_)
 dropped = sorted({g for row in movies["labels"] for g in row} - set(labels))
 if dropped:
     print(f"note: labels absent from the training rows are not learned: {', '.join(dropped)}")
+unseen_in_test = {}
+if test_movies is not None:
+    unseen_in_test = pd.Series([g for row in test_movies["labels"] for g in row if g not in labels]).value_counts()
+    unseen_in_test = {str(g): int(n) for g, n in unseen_in_test.items()}
+    if unseen_in_test:
+        print(
+            f"note: {args.test_data} has genres the training rows lack, which the model cannot predict and the "
+            f"test metrics leave out: {', '.join(f'{g} ({n} rows)' for g, n in unseen_in_test.items())}"
+        )
 Y = gdata.encode_labels(binarizer, movies["labels"])
 if test_movies is not None:
     Y_test = gdata.encode_labels(binarizer, test_movies["labels"])
@@ -528,6 +575,7 @@ try:
     metrics_payload = {
         "threshold": args.threshold,
         "tuned_thresholds": tuned,
+        "test_genres_not_learned": unseen_in_test,
         "base_model": base_model,
         "best_epoch": best_epoch,
         **evaluation,
@@ -576,6 +624,7 @@ try:
         )
         + f"; predict.py uses {onnx_info['default']}"
     )
+    runs.write_manifest(staged)
     runs.publish_folder(staged, output)
 finally:
     if staged.exists():
