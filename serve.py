@@ -16,6 +16,7 @@ then exits.
 
 import argparse
 import logging
+import signal
 import sys
 
 from genre_tagger import UserError
@@ -124,9 +125,22 @@ def main(argv=None):
         server_header=False,
     )
     server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
-        raise UserError(f"could not listen on {args.host}:{args.port} (in use?); choose another --port")
+    # uvicorn stops on SIGTERM/SIGINT once in-flight requests are done, then re-raises the signal to the
+    # handler that was there before it: this one turns that into a plain exit 0 instead of a kill.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _exit_cleanly)
+    try:
+        server.run()
+    except SystemExit as stop:
+        if stop.code == 0 or server.started:
+            raise
+        raise UserError(f"could not listen on {args.host}:{args.port} (in use?); choose another --port") from None
+    print("stopped: in-flight requests finished", file=sys.stderr)
+
+
+def _exit_cleanly(signum, frame):
+    print("stopped: in-flight requests finished", file=sys.stderr)
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

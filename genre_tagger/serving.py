@@ -91,7 +91,9 @@ def _sha256_of(path):
 
 # %% Requests and responses
 
-_THRESHOLD_HELP = "a number strictly between 0 and 1, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global'"
+_THRESHOLD_HELP = (
+    "a number strictly between 0 and 1, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global'"
+)
 
 
 def _load_schemas(max_descriptions):
@@ -209,6 +211,11 @@ class Batcher:
     @property
     def alive(self):
         return self._thread.is_alive()
+
+    @property
+    def waiting(self):
+        """Descriptions received and not yet in a forward pass."""
+        return self._waiting
 
     async def probabilities(self, texts):
         with self._lock:
@@ -447,7 +454,7 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
 
     @app.get(f"/{API_VERSION}/stats", summary="Requests, descriptions and batches served so far")
     async def stats():
-        return dict(batcher.stats)
+        return {**batcher.stats, "waiting": batcher.waiting}
 
     @app.get("/healthz", summary="Alive: the process answers")
     async def healthz():
