@@ -185,9 +185,11 @@ _STOP = object()
 class Batcher:
     """Gathers concurrent requests into one forward pass, on a worker thread so the event loop stays free.
 
-    A request waits at most `wait_ms` after it arrived for others to join it, and a batch holds at most
-    `max_batch` descriptions (a single larger request runs alone); OnnxTagger sorts a batch by length
-    and runs it in chunks of `batch_size`. `max_batch=1` turns batching off: one forward pass per request.
+    Whatever queued while the previous batch ran joins the next one; beyond that, a batch waits for more
+    only while other requests are on their way, and at most `wait_ms` after its first request arrived.
+    A batch holds at most `max_batch` descriptions (a single larger request runs alone); OnnxTagger sorts
+    it by length and runs it in chunks of `batch_size`. `max_batch=1` turns batching off: one forward
+    pass per request.
     """
 
     def __init__(self, tagger, max_batch=64, wait_ms=5.0, batch_size=32, max_waiting=2048):
@@ -195,6 +197,7 @@ class Batcher:
         self.max_waiting = max_waiting
         self._queue = queue.Queue()
         self._waiting = 0
+        self.arriving = 0  # POST /v1/tag requests received whose descriptions are not queued yet
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
         self.stats = {"requests": 0, "descriptions": 0, "batches": 0, "largest_batch": 0}
@@ -217,7 +220,9 @@ class Batcher:
         """Descriptions received and not yet in a forward pass."""
         return self._waiting
 
-    async def probabilities(self, texts):
+    async def probabilities(self, texts, scope=None):
+        if scope is not None:
+            self.settled(scope)
         with self._lock:
             if self._waiting + len(texts) > self.max_waiting:
                 raise ServerBusy
@@ -228,21 +233,41 @@ class Batcher:
         return await job.future
 
     def _gather(self, first):
-        """The jobs of one batch, starting with `first`; returns (jobs, job left over for the next batch)."""
+        """The jobs of one batch, starting with `first`; returns (jobs, job left over for the next batch).
+
+        It waits for more only while requests are on their way (received, body not yet parsed), and at
+        most `wait_s` after `first` arrived: a lone client never waits.
+        """
         jobs, size = [first], len(first.texts)
         deadline = first.enqueued + self.wait_s
         while size < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=max(deadline - time.monotonic(), 0)) if self.wait_s else None
-                if job is None:
+                if remaining > 0 and self._queue.empty() and self.arriving > 0:
+                    job = self._queue.get(timeout=remaining)
+                else:
                     job = self._queue.get_nowait()
             except queue.Empty:
+                if remaining > 0 and self.arriving > 0:
+                    continue
                 return jobs, None
             if job is _STOP or size + len(job.texts) > self.max_batch:
                 return jobs, job
             jobs.append(job)
             size += len(job.texts)
         return jobs, None
+
+    def arrived(self, scope):
+        """A POST /v1/tag request came in (its body is still to be read and checked)."""
+        with self._lock:
+            self.arriving += 1
+        scope["genre_tagger.arriving"] = True
+
+    def settled(self, scope):
+        """That request reached the queue, or ended before it (a bad request)."""
+        if scope.pop("genre_tagger.arriving", False):
+            with self._lock:
+                self.arriving -= 1
 
     def _work(self):
         leftover = None
@@ -284,14 +309,22 @@ def _settle(future, outcome):
 
 class BodyLimits:
     """ASGI middleware for request bodies: over `max_bytes` gets 413 before the app reads any of it, and
-    a body that is not declared as JSON gets 415."""
+    a body that is not declared as JSON gets 415. It also tells the batcher that a tag request is on its way."""
 
-    def __init__(self, app, max_bytes):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes, batcher):
+        self.app, self.max_bytes, self.batcher = app, max_bytes, batcher
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
+        if scope["path"] == f"/{API_VERSION}/tag":
+            self.batcher.arrived(scope)
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            self.batcher.settled(scope)
+
+    async def _limited(self, scope, receive, send):
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if content_type != b"application/json":
@@ -375,6 +408,7 @@ def _validation_message(errors):
 
 def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descriptions=64, max_body_bytes=1 << 20):
     """The FastAPI app serving `run` (a ServedRun)."""
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -425,11 +459,11 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         return JSONResponse({"error": "internal error while tagging; the server log has the details"}, status_code=500)
 
     @app.post(f"/{API_VERSION}/tag", response_model=TagResponse, summary="Tag descriptions with genres")
-    async def tag(body: TagRequest):
+    async def tag(body: TagRequest, request: Request):
         """Per description: the genres at or above the threshold (highest first) and every genre's probability."""
         thresholds = run.thresholds.get(body.threshold, body.threshold)
         try:
-            probabilities = await batcher.probabilities(body.descriptions)
+            probabilities = await batcher.probabilities(body.descriptions, request.scope)
         except ServerBusy:
             return JSONResponse({"error": "server busy: too many descriptions waiting; retry shortly"}, 503)
         decoded = decode(probabilities, run.labels, thresholds, body.top_k)
@@ -454,7 +488,7 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
 
     @app.get(f"/{API_VERSION}/stats", summary="Requests, descriptions and batches served so far")
     async def stats():
-        return {**batcher.stats, "waiting": batcher.waiting}
+        return {**batcher.stats, "waiting": batcher.waiting, "arriving": batcher.arriving}
 
     @app.get("/healthz", summary="Alive: the process answers")
     async def healthz():
@@ -471,4 +505,4 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         return FileResponse(WEB_FOLDER / "index.html")
 
     app.mount("/static", StaticFiles(directory=WEB_FOLDER), name="static")
-    return BodyLimits(app, max_body_bytes)
+    return BodyLimits(app, max_body_bytes, batcher)

@@ -293,35 +293,99 @@ def test_concurrent_requests_share_a_batch_and_each_gets_its_own_answer(trained,
         unbatched.stop()
 
 
-def wait_until_waiting(server, descriptions):
+def wait_for_stats(server, key, at_least):
     deadline = time.monotonic() + 60
-    while server.client.get("/v1/stats").json()["waiting"] < descriptions:
-        assert time.monotonic() < deadline, "the request never reached the batcher"
+    while server.client.get("/v1/stats").json()[key] < at_least:
+        assert time.monotonic() < deadline, f"/v1/stats never showed {key} >= {at_least}"
         time.sleep(0.05)
 
 
-def test_health_answers_while_requests_wait_and_sigterm_finishes_them(trained):
-    slow = Server(trained, "--batch-wait-ms", 3000)
+def test_sigterm_finishes_in_flight_requests_then_exits(trained):
+    slow = Server(trained, "--batch-wait-ms", 5000)
+    release = threading.Event()
     outcome = {}
 
-    def send():
-        with httpx.Client(base_url=slow.url, timeout=120) as client:
-            outcome["response"] = client.post("/v1/tag", json={"descriptions": DESCRIPTIONS[:2]})
+    def half_sent_body():  # a client still sending its body when the server is told to stop
+        yield b'{"descriptions": ["A heist crew '
+        release.wait(60)
+        yield b'plans one last job."]}'
 
-    sender = threading.Thread(target=send)
-    sender.start()
+    def send(name, content):
+        with httpx.Client(base_url=slow.url, timeout=120) as client:
+            outcome[name] = client.post("/v1/tag", content=content, headers={"content-type": "application/json"})
+
+    streaming = threading.Thread(target=send, args=("streaming", half_sent_body()))
+    streaming.start()
     try:
-        wait_until_waiting(slow, 2)
-        assert slow.client.get("/healthz").status_code == 200
-        assert "response" not in outcome  # the health check answered while the request still waited
+        wait_for_stats(slow, "arriving", 1)
+        queued = threading.Thread(target=send, args=("queued", json.dumps({"descriptions": DESCRIPTIONS[:2]})))
+        queued.start()
+        wait_for_stats(slow, "waiting", 2)  # queued, its batch waiting for the request on its way
+        assert slow.client.get("/healthz").status_code == 200  # the event loop answers meanwhile
+        assert "queued" not in outcome
         slow.process.send_signal(signal.SIGTERM)
-        sender.join(timeout=120)
+        deadline = time.monotonic() + 60
+        while True:  # shutting down: new connections are refused, the open ones go on
+            try:
+                httpx.get(slow.url + "/healthz", timeout=5)
+            except httpx.TransportError:
+                break
+            assert time.monotonic() < deadline, "the server kept accepting connections after SIGTERM"
+            time.sleep(0.05)
+        release.set()
+        streaming.join(timeout=120)
+        queued.join(timeout=120)
         assert slow.process.wait(timeout=60) == 0
     finally:
+        release.set()
         log = slow.stop()
-    assert outcome["response"].status_code == 200, log
-    assert len(outcome["response"].json()["results"]) == 2
+    assert outcome["streaming"].status_code == 200, log
+    assert outcome["streaming"].json()["results"][0]["description"] == "A heist crew plans one last job."
+    assert outcome["queued"].status_code == 200 and len(outcome["queued"].json()["results"]) == 2
     assert "Traceback" not in log
+
+
+class BlockingTagger:
+    """Stands in for OnnxTagger: the first forward pass blocks until released; records every batch."""
+
+    def __init__(self):
+        self.release, self.batches = threading.Event(), []
+
+    def probabilities(self, texts, batch_size):
+        import numpy as np
+
+        self.batches.append(list(texts))
+        self.release.wait(60)
+        return np.array([[len(text), 0.5] for text in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "batches"), [(64, [["a"], ["bb", "ccc", "dddd"]]), (2, [["a"], ["bb", "ccc"], ["dddd"]])]
+)
+def test_batcher_runs_off_the_event_loop_and_gathers_what_queued(max_batch, batches):
+    import asyncio
+
+    from genre_tagger.serving import Batcher
+
+    tagger = BlockingTagger()
+
+    async def scenario():
+        batcher = Batcher(tagger, max_batch=max_batch, wait_ms=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.probabilities(["a"]))
+        while not tagger.batches:
+            await asyncio.sleep(0.01)  # the loop runs while the worker thread holds the batch
+        later = [asyncio.create_task(batcher.probabilities([text])) for text in ("bb", "ccc", "dddd")]
+        await asyncio.sleep(0.05)
+        assert not first.done() and batcher.waiting == 3
+        tagger.release.set()
+        results = await asyncio.gather(first, *later)
+        batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert [row[0][0] for row in results] == [1, 2, 3, 4]  # each request got its own row back
+    assert tagger.batches == batches
 
 
 def test_bad_model_and_busy_port_are_one_line_errors(trained, tmp_path):
