@@ -24,6 +24,7 @@ from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
 API_VERSION = "v1"
 WEB_FOLDER = Path(__file__).with_name("web")
 METRIC_KEYS = ("macro_f1", "micro_f1", "hamming_loss", "macro_roc_auc")
+DISCARD_LIMIT = 16 << 20  # bytes of a refused body read and dropped before answering; past it, the connection is cut
 log = logging.getLogger("genre_tagger.serving")
 
 
@@ -329,9 +330,11 @@ class BodyLimits:
         content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             shown = content_type.decode("latin-1")[:60]
+            await self._discard_body(receive, headers)
             return await _error(send, 415, f"content-type must be application/json, not {shown!r}")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._discard_body(receive, headers)
             return await self._too_large(send)
         chunks, size, more = [], 0, True
         while more:
@@ -342,6 +345,7 @@ class BodyLimits:
             size += len(chunks[-1])
             more = message.get("more_body", False)
             if size > self.max_bytes:
+                await self._discard_body(receive, headers, more)
                 return await self._too_large(send)
         replayed = False
 
@@ -353,6 +357,20 @@ class BodyLimits:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _discard_body(self, receive, headers, more=True):
+        """Read and drop a refused body (up to DISCARD_LIMIT) so that a client which sends all of its body
+        before reading the answer gets the 4xx instead of a broken pipe; larger ones are cut off."""
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > DISCARD_LIMIT:
+            return
+        read = 0
+        while more and read <= DISCARD_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     async def _too_large(self, send):
         message = f"request body is larger than {self.max_bytes} bytes; send fewer or shorter descriptions"
