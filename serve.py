@@ -74,6 +74,11 @@ def build_parser():
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (default: 0 = all cores)")
     p.add_argument(
+        "--spin",
+        action="store_true",
+        help="let onnxruntime's threads busy-wait between steps, as predict.py does: a little faster on an idle machine, much slower when the cores are shared (default: off)",
+    )
+    p.add_argument(
         "--graceful-timeout-s",
         type=float,
         default=30.0,
@@ -101,7 +106,7 @@ def main(argv=None):
         raise UserError(f"serve.py needs {err.name}: pip install -r requirements-serve.txt") from None
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads)
+    run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads, spinning=args.spin)
     app = create_app(
         run,
         max_batch=args.max_batch,

@@ -10,7 +10,7 @@ import numpy as np
 class OnnxTagger:
     """Probabilities per genre for a list of texts, from `model.onnx` or `model.int8.onnx` in a run folder."""
 
-    def __init__(self, folder, variant=None, threads=0):
+    def __init__(self, folder, variant=None, threads=0, spinning=True):
         import onnxruntime
         from tokenizers import Tokenizer
 
@@ -21,6 +21,8 @@ class OnnxTagger:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared (serve.py)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.variant = variant
         self.session = onnxruntime.InferenceSession(
             str(folder / info["files"][variant]), options, providers=["CPUExecutionProvider"]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
+
 from genre_tagger import UserError
 from genre_tagger.data import clean_text
 from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
@@ -24,6 +26,7 @@ from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
 API_VERSION = "v1"
 WEB_FOLDER = Path(__file__).with_name("web")
 METRIC_KEYS = ("macro_f1", "micro_f1", "hamming_loss", "macro_roc_auc")
+LENGTH_RATIO = 1.3  # a gathered batch's chunk holds descriptions at most 1.3x as long (in tokens) as its shortest
 DISCARD_LIMIT = 16 << 20  # bytes of a refused body read and dropped before answering; past it, the connection is cut
 log = logging.getLogger("genre_tagger.serving")
 
@@ -43,7 +46,7 @@ class ServedRun:
     tagger: object  # anything with .probabilities(texts, batch_size) -> (len(texts), len(labels)) array
 
 
-def load_served_run(path, variant=None, threads=0):
+def load_served_run(path, variant=None, threads=0, spinning=False):
     """Open a run (folder or zip) and load it on the ONNX backend.
 
     The only place the service touches the run-loading code: when genre_tagger.runs gains a public loader
@@ -59,7 +62,7 @@ def load_served_run(path, variant=None, threads=0):
         onnx_info = read_json(folder / "onnx.json")
         if variant is not None and variant not in onnx_info["files"]:
             raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
-        tagger = OnnxTagger(folder, variant=variant, threads=threads)
+        tagger = OnnxTagger(folder, variant=variant, threads=threads, spinning=spinning)
         model_sha256 = _sha256_of(folder / onnx_info["files"][tagger.variant])
         metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
         train_config = read_json(folder / "train_config.json")
@@ -258,6 +261,27 @@ class Batcher:
             size += len(job.texts)
         return jobs, None
 
+    def _probabilities(self, texts, alone):
+        """One request alone runs exactly as predict.py runs it (so their numbers agree). Requests gathered
+        together are sorted by length and cut into chunks of similar length: random descriptions in one
+        chunk would pad most of them to the longest, and the padding costs more than batching saves."""
+        if alone:
+            return self.tagger.probabilities(texts, self.batch_size)
+        tokenizer = getattr(self.tagger, "tokenizer", None)
+        lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] if tokenizer else [len(t) for t in texts]
+        chunks, chunk = [], []
+        for i in sorted(range(len(texts)), key=lengths.__getitem__):
+            if chunk and (len(chunk) == self.batch_size or lengths[i] > LENGTH_RATIO * lengths[chunk[0]]):
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(i)
+        chunks.append(chunk)
+        outputs = [None] * len(texts)
+        for chunk in chunks:
+            for i, row in zip(chunk, self.tagger.probabilities([texts[i] for i in chunk], len(chunk))):
+                outputs[i] = row
+        return np.stack(outputs)
+
     def arrived(self, scope):
         """A POST /v1/tag request came in (its body is still to be read and checked)."""
         with self._lock:
@@ -281,7 +305,7 @@ class Batcher:
             with self._lock:
                 self._waiting -= len(texts)
             try:
-                outcome = self.tagger.probabilities(texts, self.batch_size)
+                outcome = self._probabilities(texts, alone=len(jobs) == 1)
             except Exception as err:  # reported to each waiting request as a 500, the server keeps serving
                 log.exception("inference failed on a batch of %d descriptions", len(texts))
                 outcome = err

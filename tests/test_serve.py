@@ -360,7 +360,11 @@ class BlockingTagger:
 
 
 @pytest.mark.parametrize(
-    ("max_batch", "batches"), [(64, [["a"], ["bb", "ccc", "dddd"]]), (2, [["a"], ["bb", "ccc"], ["dddd"]])]
+    ("max_batch", "batches"),
+    [
+        (64, [["a"], ["x" * 10, "y" * 11, "w" * 12], ["z" * 30]]),  # one batch, in two chunks of similar length
+        (2, [["a"], ["x" * 10], ["z" * 30], ["y" * 11, "w" * 12]]),  # batches of at most 2, in arrival order
+    ],
 )
 def test_batcher_runs_off_the_event_loop_and_gathers_what_queued(max_batch, batches):
     import asyncio
@@ -375,16 +379,18 @@ def test_batcher_runs_off_the_event_loop_and_gathers_what_queued(max_batch, batc
         first = asyncio.create_task(batcher.probabilities(["a"]))
         while not tagger.batches:
             await asyncio.sleep(0.01)  # the loop runs while the worker thread holds the batch
-        later = [asyncio.create_task(batcher.probabilities([text])) for text in ("bb", "ccc", "dddd")]
+        later = [
+            asyncio.create_task(batcher.probabilities([text])) for text in ("x" * 10, "z" * 30, "y" * 11, "w" * 12)
+        ]
         await asyncio.sleep(0.05)
-        assert not first.done() and batcher.waiting == 3
+        assert not first.done() and batcher.waiting == 4
         tagger.release.set()
         results = await asyncio.gather(first, *later)
         batcher.stop()
         return results
 
     results = asyncio.run(scenario())
-    assert [row[0][0] for row in results] == [1, 2, 3, 4]  # each request got its own row back
+    assert [row[0][0] for row in results] == [1, 10, 30, 11, 12]  # each request got its own row back
     assert tagger.batches == batches
 
 
