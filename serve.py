@@ -46,7 +46,7 @@ def build_parser():
         "--batch-wait-ms",
         type=float,
         default=5.0,
-        help="milliseconds a request waits for others to join its batch; 0 = take only what is already queued (default: %(default)s)",
+        help="most milliseconds a batch waits, counted from its first request's arrival, for requests still on their way (a lone request never waits); 0 = take only what is already queued (default: %(default)s)",
     )
     p.add_argument(
         "--batch-size",
@@ -76,7 +76,7 @@ def build_parser():
     p.add_argument(
         "--spin",
         action="store_true",
-        help="let onnxruntime's threads busy-wait between steps, as predict.py does: a little faster on an idle machine, much slower when the cores are shared (default: off)",
+        help="let onnxruntime's threads busy-wait between steps, as predict.py does; off by default because spinning threads take the CPU that the event loop and any other process need",
     )
     p.add_argument(
         "--graceful-timeout-s",
