@@ -1,8 +1,8 @@
 """The HTTP service behind serve.py: the run it serves, the request schemas, the dynamic batcher, the app.
 
 No torch here: the run is served on its ONNX export (onnxruntime + tokenizers), like predict.py's default.
-The `probabilities` of a response are computed exactly as predict.py computes them (same OnnxTagger, same
-`decode`, same rounding), so `POST /v1/tag` and `predict.py --json` print the same numbers.
+The `probabilities` of a response are computed as predict.py computes them (same OnnxTagger, same `decode`,
+same rounding): a request served alone gets exactly the numbers `predict.py --json` prints for it.
 """
 
 import asyncio
@@ -38,7 +38,6 @@ log = logging.getLogger("genre_tagger.serving")
 class ServedRun:
     """Everything the service needs from a run, read once at start; the run folder is not needed afterwards."""
 
-    source: str
     labels: list
     thresholds: dict  # choice ("tuned", "tuned-global") -> thresholds as predict.py's thresholds_of returns them
     saved_thresholds: dict  # thresholds.json as train.py wrote it
@@ -82,7 +81,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         },
         "settings": {key: train_config["settings"].get(key) for key in ("epochs", "lr", "batch_size", "seed")},
     }
-    return ServedRun(str(path), labels, thresholds, saved_thresholds, description, tagger)
+    return ServedRun(labels, thresholds, saved_thresholds, description, tagger)
 
 
 def _sha256_of(path):
@@ -191,9 +190,9 @@ class Batcher:
 
     Whatever queued while the previous batch ran joins the next one; beyond that, a batch waits for more
     only while other requests are on their way, and at most `wait_ms` after its first request arrived.
-    A batch holds at most `max_batch` descriptions (a single larger request runs alone); OnnxTagger sorts
-    it by length and runs it in chunks of `batch_size`. `max_batch=1` turns batching off: one forward
-    pass per request.
+    A batch holds at most `max_batch` descriptions (a single larger request runs alone) and runs in
+    length-sorted chunks of at most `batch_size` (see `_probabilities`). `max_batch=1` turns batching
+    off: one forward pass per request.
     """
 
     def __init__(self, tagger, max_batch=64, wait_ms=5.0, batch_size=32, max_waiting=2048):
