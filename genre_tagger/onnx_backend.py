@@ -44,7 +44,7 @@ def unknown_token_shares(tokenizer, texts):
 class OnnxTagger:
     """Probabilities per genre for a list of texts, from `model.onnx` or `model.int8.onnx` in a run folder."""
 
-    def __init__(self, folder, variant=None, threads=0, origin=None):
+    def __init__(self, folder, variant=None, threads=0, origin=None, spinning=True):
         import onnxruntime
 
         from genre_tagger.runs import labels_of, read_run_json, verify_files
@@ -63,6 +63,8 @@ class OnnxTagger:
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 4  # its warnings would interleave with ours; failures raise
+        if not spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared (serve.py)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.variant = variant
         self.labels = labels_of(folder, origin)
         try:
