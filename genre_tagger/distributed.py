@@ -56,6 +56,13 @@ def setup(requested_threads):
     """Set this process's threads; silence stdout on all ranks but the main one, so the log reads as one run."""
     import torch
 
+    if "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        # accelerate's plain launcher: given --num_processes N without --multi_gpu (or with --cpu) it
+        # starts one process and leaves N processes to mpirun.
+        print(
+            "note: accelerate launch started this as a single process; for N processes use "
+            "`accelerate launch --multi_gpu --num_processes N` (gloo on CPU, nccl on GPUs) or torchrun"
+        )
     threads = threads_per_process(requested_threads)
     if threads:
         torch.set_num_threads(threads)
