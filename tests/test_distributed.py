@@ -42,13 +42,22 @@ def files_under(folder):
     return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
 
 
-@pytest.fixture(scope="module", params=["torchrun", "accelerate"])
+@pytest.fixture(
+    scope="module", params=[("torchrun", 1), ("accelerate", 2)], ids=["torchrun", "accelerate-grad-accum-2"]
+)
 def launched(request, tmp_path_factory, tiny_distilbert, imdb_csv):
-    work = tmp_path_factory.mktemp(request.param)
-    launcher = TORCHRUN if request.param == "torchrun" else [*ACCELERATE, "--main_process_port", free_port()]
-    result = run_script(*launcher, *train_args(imdb_csv, tiny_distilbert), cwd=work)
+    launcher, grad_accum = request.param
+    work = tmp_path_factory.mktemp(launcher)
+    launcher = TORCHRUN if launcher == "torchrun" else [*ACCELERATE, "--main_process_port", free_port()]
+    result = run_script(*launcher, *train_args(imdb_csv, tiny_distilbert), "--grad-accum", grad_accum, cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"work": work, "run": work / "models" / "ddp", "zip": work / "models" / "ddp.zip", "log": result.stdout}
+    return {
+        "work": work,
+        "run": work / "models" / "ddp",
+        "zip": work / "models" / "ddp.zip",
+        "log": result.stdout,
+        "grad_accum": grad_accum,
+    }
 
 
 def test_one_complete_run_and_zip_and_nothing_else(launched):
@@ -76,19 +85,20 @@ def test_world_size_and_effective_batch_are_recorded_and_printed(launched):
         "processes_per_machine": 2,
         "backend": "gloo",
         "batch_size_per_process": BATCH,
-        "grad_accum": 1,
-        "effective_batch_size": 2 * BATCH,
+        "grad_accum": launched["grad_accum"],
+        "effective_batch_size": 2 * BATCH * launched["grad_accum"],
     }
     assert config["machine"]["torch_threads"] == max(1, distributed.usable_cores() // 2)
-    assert f"effective batch {2 * BATCH} rows per optimizer step" in launched["log"]
+    assert f"effective batch {2 * BATCH * launched['grad_accum']} rows per optimizer step" in launched["log"]
 
 
 def test_the_ranks_really_shared_the_data(launched):
-    # Each rank takes every other batch, so an epoch is half the optimizer steps of one process:
-    # had every rank trained alone on all rows, the log would count twice as many.
+    # Each rank takes every other batch, so an epoch is half the optimizer steps of one process (and
+    # a K-th of that with --grad-accum K): had every rank trained alone on all rows, the log would count
+    # twice as many.
     metrics = json.loads((launched["run"] / "metrics.json").read_text())
     train_rows = json.loads((launched["run"] / "train_config.json").read_text())["split_sizes"]["train"]
-    steps_per_epoch = math.ceil(math.ceil(train_rows / BATCH) / 2)
+    steps_per_epoch = math.ceil(math.ceil(math.ceil(train_rows / BATCH) / 2) / launched["grad_accum"])
     assert max(e["step"] for e in metrics["log_history"]) == EPOCHS * steps_per_epoch
     evaluations = [e for e in metrics["log_history"] if "eval_macro_f1" in e]
     assert [e["epoch"] for e in evaluations] == [float(epoch) for epoch in range(1, EPOCHS + 1)]
