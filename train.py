@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import transformers
 
-from genre_tagger import UserError, plots, runs
+from genre_tagger import UserError, distributed, plots, runs
 from genre_tagger import data as gdata
 from genre_tagger import metrics as gmetrics
 from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
@@ -94,7 +94,18 @@ def build_parser():
         default="macro_f1",
         help="validation metric that picks the best epoch and drives early stopping (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="training rows per step (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="training rows per step in each process; under torchrun an optimizer step sees batch-size x processes x --grad-accum rows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="add up the gradients of K steps before each optimizer step: a K times larger batch in the same memory (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the encoder (default: %(default)s)")
     p.add_argument(
         "--head-lr",
@@ -172,7 +183,12 @@ def build_parser():
         action="store_true",
         help="continue an interrupted run from its latest checkpoint in --checkpoint-dir",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0 = all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch in each process (default: 0 = all cores, shared out among the processes torchrun starts on this machine)",
+    )
     return p
 
 
@@ -253,6 +269,7 @@ if args.threads:
 transformers.utils.logging.set_verbosity_error()
 output = Path(args.output)
 started = time.time()
+distributed.setup(args.threads)  # under torchrun / accelerate launch: threads per process, one rank prints
 
 # %% [markdown]
 # ## Data
@@ -377,6 +394,7 @@ tokenizer = AutoTokenizer.from_pretrained(base_path)
 settings = {
     "epochs": args.epochs,
     "batch_size": args.batch_size,
+    "grad_accum": args.grad_accum,
     "lr": args.lr,
     "weight_decay": args.weight_decay,
     "warmup_ratio": args.warmup_ratio,
@@ -423,6 +441,8 @@ if args.folds:
         model, _ = train_model(
             [texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va], Path(args.checkpoint_dir) / f"fold-{fold}"
         )
+        if not distributed.is_main_process():
+            continue  # under torchrun the main process alone tests each fold and writes
         test_fold = [texts[i] for i in held_out]
         result = {
             "model": gmetrics.multilabel_metrics(
@@ -435,6 +455,7 @@ if args.folds:
         )
         fold_results.append(result)
         shutil.rmtree(Path(args.checkpoint_dir) / f"fold-{fold}", ignore_errors=True)
+    distributed.leave_unless_main()
     summary = {}
     for who in ("model", "baseline"):
         summary[who] = {
@@ -471,12 +492,22 @@ if args.folds:
 
 # %%
 checkpoint_dir = Path(args.checkpoint_dir) / output.name
+effective_batch = args.batch_size * distributed.world_size() * args.grad_accum
+if effective_batch != args.batch_size:
+    print(
+        f"effective batch {effective_batch} rows per optimizer step = {args.batch_size} per process "
+        f"x {distributed.world_size()} processes x {args.grad_accum} accumulated steps"
+    )
 train_started = time.time()
 model, log_history = train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume)
 train_seconds = time.time() - train_started
+parallel = distributed.description(args.batch_size, args.grad_accum)
 selection_key = f"eval_{args.select_by}"
 evaluations = [e for e in log_history if selection_key in e]
 best_epoch = (min if args.select_by == "loss" else max)(evaluations, key=lambda e: e[selection_key])["epoch"]
+# Under torchrun every rank computed the same gathered validation metrics, so all must have kept the same
+# best epoch; from here on the main process works alone and the others exit 0 (genre_tagger/distributed.py).
+distributed.leave_unless_main((best_epoch, [e[selection_key] for e in evaluations]))
 print(f"trained in {train_seconds:.0f} s; best validation epoch {best_epoch:.2f}")
 
 # %% [markdown]
@@ -600,6 +631,7 @@ try:
             },
             "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
             "pos_weight": dict(zip(labels, map(float, positive_weights(Y_train, args.pos_weight)))),
+            "parallel": parallel,
             "seconds": {"train": round(train_seconds, 1), "until_save": round(time.time() - started, 1)},
             "machine": {
                 "platform": platform.platform(),

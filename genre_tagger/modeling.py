@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -180,10 +181,11 @@ def predict_probabilities(model, tokenizer, texts, max_length, batch_size=64):
     encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = encodings["input_ids"]
     probabilities = np.zeros((len(ids), len(model.config.id2label)), dtype=np.float32)
+    device = next(model.parameters()).device  # a model just trained on a GPU is still there
     for batch in length_sorted_batches([len(row) for row in ids], batch_size):
-        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(device)
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-        probabilities[batch] = torch.sigmoid(logits).float().numpy()
+        probabilities[batch] = torch.sigmoid(logits).float().cpu().numpy()
     return probabilities
 
 
@@ -368,13 +370,18 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
     """
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
+    from genre_tagger.distributed import world_size
     from genre_tagger.metrics import multilabel_metrics, sigmoid
 
     def compute_metrics(evaluation):
         metrics = multilabel_metrics(evaluation.label_ids, sigmoid(evaluation.predictions), threshold)
         return {k: v for k, v in metrics.items() if k in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")}
 
-    steps_per_epoch = -(-len(train_dataset) // settings["batch_size"])
+    # Under torchrun each of the world's processes takes every world-th batch, and an optimizer step
+    # sums `grad_accum` of them: the Trainer's own count of steps per epoch, which evaluation follows.
+    grad_accum = settings.get("grad_accum", 1)
+    batches_per_process = math.ceil(math.ceil(len(train_dataset) / settings["batch_size"]) / world_size())
+    steps_per_epoch = math.ceil(batches_per_process / grad_accum)
     every = settings["save_steps"] or steps_per_epoch
     total_steps = steps_per_epoch * settings["epochs"]
     on_gpu = torch.cuda.is_available()
@@ -382,6 +389,7 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings["epochs"],
         per_device_train_batch_size=settings["batch_size"],
+        gradient_accumulation_steps=grad_accum,
         per_device_eval_batch_size=64,
         learning_rate=settings["lr"],
         weight_decay=settings["weight_decay"],
@@ -403,6 +411,11 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         fp16=on_gpu and not torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=on_gpu,
+        # Under torchrun on CPU, accelerate sets up data parallelism (gloo) only when told the run is on
+        # CPU; without it every rank would train the whole model alone.
+        use_cpu=not on_gpu and world_size() > 1,
+        # BERT-family encoders carry a pooler that our pooling never uses; DDP must expect its unused weights.
+        ddp_find_unused_parameters=getattr(model.encoder, "pooler", None) is not None,
         report_to="none",
         disable_tqdm=settings.get("quiet", False),
     )

@@ -39,6 +39,7 @@ def train_settings_problem(args, cores=None):
                 f"--max-length must be between 1 and {MAX_TOKENS} tokens, not {args.max_length}",
             ),
             (_in(args.patience, 1, 10_000), f"--patience must be between 1 and 10000, not {args.patience}"),
+            (_in(args.grad_accum, 1, 10_000), f"--grad-accum must be between 1 and 10000, not {args.grad_accum}"),
             (_in(args.limit, 0, 10**9), f"--limit must be 0 (all rows) or a positive row count, not {args.limit}"),
             (_in(args.dropout, 0, 1, high_open=True), f"--dropout must be in [0, 1), not {args.dropout}"),
             (_in(args.lr, 0, 1, low_open=True), f"--lr must be in (0, 1], not {args.lr}"),

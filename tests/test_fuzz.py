@@ -53,7 +53,7 @@ def test_well_formed_csv_round_trips(cells):
 
 def _namespace(**values):
     defaults = dict(
-        epochs=1, batch_size=16, max_length=128, patience=3, limit=0, dropout=0.1, lr=1e-4, head_lr=2e-3,
+        epochs=1, grad_accum=1, batch_size=16, max_length=128, patience=3, limit=0, dropout=0.1, lr=1e-4, head_lr=2e-3,
         layer_decay=1.0, weight_decay=0.01, warmup_ratio=0.1, val_fraction=0.1, test_fraction=0.1, threshold=0.3,
         folds=0, seed=42, save_steps=0, save_total_limit=2, threads=0, text_column="Description",
         label_column="Genre", output="models/run",
