@@ -16,7 +16,8 @@ from pathlib import Path
 
 from genre_tagger import UserError
 from genre_tagger.metrics import decode
-from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, read_json, thresholds_of
+from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, thresholds_of
+from genre_tagger.tagger import open_tagger
 
 CHUNK_ROWS = 2048  # rows read, tagged and written at a time: memory stays flat for any file size
 
@@ -71,40 +72,6 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=32, help="descriptions per forward pass (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     return p
-
-
-class TorchTagger:
-    """PyTorch backend: the run's own loader, for runs without an ONNX export or on request."""
-
-    def __init__(self, folder, threads=0):
-        import joblib
-        import torch
-
-        from genre_tagger.modeling import load_classifier
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model, self.tokenizer = load_classifier(folder)
-        self.max_length = read_json(Path(folder) / "train_config.json")["settings"]["max_length"]
-        binarizer = joblib.load(Path(folder) / "binarizer.joblib")
-        if list(binarizer.classes_) != labels_of(folder):
-            raise UserError(f"{folder}: binarizer.joblib and config.json disagree on the genres; re-run train.py")
-
-    def probabilities(self, texts, batch_size=32):
-        from genre_tagger.modeling import predict_probabilities
-
-        return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
-
-
-def open_tagger(folder, backend, variant, threads):
-    has_onnx = (Path(folder) / "onnx.json").exists()
-    if backend == "onnx" and not has_onnx:
-        raise UserError(f"{folder} has no ONNX export; run: python -m genre_tagger.export {folder}")
-    if backend == "onnx" or (backend == "auto" and has_onnx):
-        from genre_tagger.onnx_backend import OnnxTagger
-
-        return OnnxTagger(folder, variant=variant, threads=threads)
-    return TorchTagger(folder, threads=threads)
 
 
 def format_genres(genres, threshold_text, probabilities_row, labels):
