@@ -4,7 +4,7 @@
 
     tagger = load_tagger("models/genre-classifier.zip")          # backend="auto": ONNX when the run has it
     tagger.tag(["A retired hitman seeks revenge on the gangsters who killed his dog."])
-    # [[('Crime', 0.99...), ('Drama', 0.71...), ...]]
+    # [[('Crime', p), ('Drama', p), ...]]: genres at or above 0.3, highest first
     tagger.probabilities(texts)                                 # array (len(texts), len(tagger.labels))
 
 The ONNX backend runs on onnxruntime + tokenizers and never imports torch or transformers; the torch
