@@ -16,8 +16,9 @@ from pathlib import Path
 
 from genre_tagger import UserError
 from genre_tagger.metrics import decode
-from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, note, printable, read_run_json, thresholds_of
+from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, note, printable, thresholds_of
 from genre_tagger.settings import MAX_PREDICT_BATCH, predict_settings_problem
+from genre_tagger.tagger import open_tagger
 
 CHUNK_ROWS = 2048  # rows read, tagged and written at a time: memory stays flat for any file size
 SPREADSHEET_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
@@ -84,62 +85,6 @@ def build_parser():
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads, at most the cores available (default: 0 = all)")
     return p
-
-
-class TorchTagger:
-    """PyTorch backend: the run's own loader, for runs without an ONNX export or on request.
-
-    Labels come from config.json; binarizer.joblib (a pickle) is never loaded here.
-    """
-
-    def __init__(self, folder, threads=0, origin=None):
-        import torch
-
-        from genre_tagger.modeling import load_classifier
-        from genre_tagger.onnx_backend import load_tokenizer
-        from genre_tagger.runs import verify_files
-
-        if threads:
-            torch.set_num_threads(threads)
-        origin = origin or folder
-        verify_files(folder, ["model.safetensors"], origin)
-        self.max_length = read_run_json(folder, "train_config.json", origin).get("settings", {}).get("max_length")
-        if not isinstance(self.max_length, int) or self.max_length < 1:
-            raise UserError(f"{origin}: train_config.json has no max_length setting; re-create the run with train.py")
-        self.check_tokenizer = load_tokenizer(folder, self.max_length, origin)
-        try:
-            self.model, self.tokenizer = load_classifier(folder)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise UserError(f"{origin}: the PyTorch model cannot be loaded ({first}); re-create the run") from None
-        if self.model.classifier.out_features != len(labels_of(folder, origin)):
-            raise UserError(f"{origin}: the model's outputs do not match the genres in config.json; re-create the run")
-
-    def unknown_token_shares(self, texts):
-        from genre_tagger.onnx_backend import unknown_token_shares
-
-        return unknown_token_shares(self.check_tokenizer, texts)
-
-    def probabilities(self, texts, batch_size=32):
-        from genre_tagger.modeling import predict_probabilities
-
-        return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
-
-
-def open_tagger(folder, backend, variant, threads, origin=None):
-    has_onnx = (Path(folder) / "onnx.json").exists()
-    if backend == "onnx" and not has_onnx:
-        raise UserError(f"{origin or folder} has no ONNX export; run: python -m genre_tagger.export RUN_FOLDER")
-    if backend == "onnx" or (backend == "auto" and has_onnx):
-        from genre_tagger.onnx_backend import OnnxTagger
-
-        return OnnxTagger(folder, variant=variant, threads=threads, origin=origin)
-    if backend == "auto":
-        note(
-            f"{origin or folder} has no ONNX export, so the PyTorch backend runs (slower to start); "
-            "add one with python -m genre_tagger.export RUN_FOLDER"
-        )
-    return TorchTagger(folder, threads=threads, origin=origin)
 
 
 def warn_unknown(tagger, texts, numbers):

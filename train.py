@@ -682,18 +682,18 @@ if running_in_notebook():
 
 # %% [markdown]
 # ## Reload and tag new descriptions
-# The saved zip is opened the way `predict.py` opens it, and a few unseen plots are tagged at the
-# default threshold: what a user of the trained model sees.
+# The saved zip is opened with `load_tagger`, the way to load a run in Python (ONNX backend here,
+# `backend="torch"` for PyTorch), and a few unseen plots are tagged at the default threshold: what a
+# user of the trained model sees.
 
 # %%
-from genre_tagger.onnx_backend import OnnxTagger  # noqa: E402
+from genre_tagger import load_tagger  # noqa: E402
 
 examples = [
     "A retired hitman seeks revenge on the gangsters who killed his dog.",
     "Two strangers fall in love during one night in Vienna.",
     "A family moves into a farmhouse haunted by a malevolent presence.",
 ]
-with runs.OpenRun(zip_path) as folder:
-    tagged = gmetrics.decode(OnnxTagger(folder).probabilities(examples), runs.labels_of(folder), args.threshold)
+tagged = load_tagger(zip_path).tag(examples, threshold=args.threshold)
 for description, genres in zip(examples, tagged):
     print(f"{description}\n  -> {', '.join(f'{g} {p:.2f}' for g, p in genres) or '(none at threshold)'}")

@@ -11,8 +11,28 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - baseline: TF-IDF + logistic regression and most-frequent-genres baselines (scikit-learn)
 - plots: the evaluation pictures of a run (matplotlib)
 - export: `python -m genre_tagger.export RUN` adds an ONNX export to an existing run
+- hf_classifier: the classifier as a Hugging Face PreTrainedModel and its config (torch, transformers);
+  save_pretrained copies this file into each run, so `trust_remote_code=True` loads a run anywhere
+- auto: registers those classes with transformers' auto classes once transformers is imported
+- tagger: `load_tagger(path)`, the one way to load a run in Python (ONNX or torch backend)
+- convert: `python -m genre_tagger.convert RUN` rewrites a run saved before the PreTrainedModel change
 """
 
 
 class UserError(Exception):
     """A problem the user can fix; the scripts print it as one line, without a traceback."""
+
+
+from genre_tagger.auto import register_when_transformers_loads  # noqa: E402
+
+register_when_transformers_loads()
+
+
+def load_tagger(path="models/genre-classifier", backend="auto", variant=None, threads=0):
+    """Open a run folder or zip and return a Tagger (`.labels`, `.probabilities(texts)`, `.tag(texts)`).
+
+    See genre_tagger.tagger.load_tagger; imported on call so that `import genre_tagger` stays light.
+    """
+    from genre_tagger.tagger import load_tagger as load
+
+    return load(path, backend=backend, variant=variant, threads=threads)

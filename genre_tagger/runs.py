@@ -52,6 +52,7 @@ RUN_FILE_NAMES = {
     "vocab.txt",
     "added_tokens.json",
     "generation_config.json",
+    "hf_classifier.py",
 }
 # Zip limits sized for real runs: a base-size (110M-parameter) run is about 1 GB unpacked.
 MAX_ZIP_TOTAL_BYTES = 4 << 30

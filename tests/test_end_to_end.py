@@ -18,7 +18,7 @@ DESCRIPTIONS = [
 def test_run_folder_describes_itself(trained):
     folder = trained["output"]
     for name in [
-        "config.json", "model.safetensors", "tokenizer.json", "binarizer.joblib", "train_config.json",
+        "config.json", "model.safetensors", "hf_classifier.py", "tokenizer.json", "binarizer.joblib", "train_config.json",
         "metrics.json", "thresholds.json", "split.csv", "per_genre.csv", "model.onnx", "model.int8.onnx",
         "onnx.json", "plots/per_genre_f1.png", "plots/threshold_curve.png", "plots/precision_recall.png",
         "plots/cooccurrence.png",
@@ -26,7 +26,8 @@ def test_run_folder_describes_itself(trained):
         assert (folder / name).exists(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
-    assert config["model_type"] == "distilbert"
+    assert config["model_type"] == "genre_tagger" and config["encoder"]["model_type"] == "distilbert"
+    assert config["architectures"] == ["GenreTaggerForSequenceClassification"]
     assert len(config["id2label"]) == len(config["label2id"]) >= 15
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"):
