@@ -24,15 +24,9 @@ DESCRIPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
-    work = tmp_path_factory.mktemp("serve")
-    output = work / "models" / "genre-classifier"
-    result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--epochs", "1",
-        "--batch-size", "16", "--lr", "1e-3", "--output", output, "--checkpoint-dir", work / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output
+def trained(trained):
+    """The session's tiny trained run (conftest), as the folder serve.py loads."""
+    return trained["output"]
 
 
 def free_port():
