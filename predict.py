@@ -8,6 +8,7 @@ imports torch or transformers, so it answers in well under a second; `--backend 
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -258,16 +259,20 @@ class ResultWriter:
             return
         self._guard(self.handle.close)
         if os.path.exists(self.path):
-            raise UserError(f"{self.path} appeared while tagging; the result stays in {self.tmp_name}")
-        os.chmod(self.tmp_name, 0o666 & ~_umask())
-        os.replace(self.tmp_name, self.path)
+            kept, self.tmp_name = self.tmp_name, None
+            raise UserError(f"{self.path} appeared while tagging; the result stays in {kept}")
+        self._guard(os.chmod, self.tmp_name, 0o666 & ~_umask())
+        self._guard(os.replace, self.tmp_name, self.path)
         self.tmp_name = None
 
     def discard(self):
+        """Drop the unfinished file; a second write error while closing it changes nothing."""
         if self.handle is not sys.stdout:
-            self.handle.close()
-        if self.tmp_name and os.path.exists(self.tmp_name):
-            os.remove(self.tmp_name)
+            with contextlib.suppress(OSError):
+                self.handle.close()
+        if self.tmp_name:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.tmp_name)
 
 
 def _umask():

@@ -42,7 +42,8 @@ def tiny_distilbert(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-distilbert")
     shutil.copy(Path(packaged_model_path()) / "vocab.txt", folder / "vocab.txt")
-    DistilBertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    # from_pretrained reads vocab.txt; the constructor's vocab_file is ignored by transformers 5 (a 5-token vocab).
+    DistilBertTokenizerFast.from_pretrained(folder, do_lower_case=True).save_pretrained(folder)
     config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
     AutoModel.from_config(config).save_pretrained(folder)
     return folder

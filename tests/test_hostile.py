@@ -243,14 +243,16 @@ def test_input_errors_are_one_line(trained, tmp_path):
     )
 
 
-def test_write_error_mid_output_is_one_line_and_keeps_nothing(trained, tmp_path):
+@pytest.mark.parametrize("size_limit", [9_000, 20_000, 61_000])
+def test_write_error_mid_output_is_one_line_and_keeps_nothing(trained, tmp_path, size_limit):
+    """The limit lands mid-record in a write, or in the close that flushes the last buffer: one line either way."""
     source = tmp_path / "plots.txt"
     source.write_text("A detective hunts a killer in a city of rain.\n" * 300)
     out = tmp_path / "tagged.jsonl"
 
     def small_file_limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size_limit, size_limit))
 
     import subprocess
     import sys
