@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import transformers
 
-from genre_tagger import UserError, plots, runs
+from genre_tagger import UserError, distributed, plots, runs
 from genre_tagger import data as gdata
 from genre_tagger import metrics as gmetrics
 from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
@@ -37,6 +37,7 @@ from genre_tagger.modeling import (
     resolve_base_model,
     save_classifier,
 )
+from genre_tagger.settings import split_problem, train_settings_problem
 
 # %% [markdown]
 # ## Settings
@@ -94,7 +95,18 @@ def build_parser():
         default="macro_f1",
         help="validation metric that picks the best epoch and drives early stopping (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="training rows per step (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="training rows per step in each process; under torchrun an optimizer step sees batch-size x processes x --grad-accum rows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="add up the gradients of K steps before each optimizer step: a K times larger batch in the same memory (default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the encoder (default: %(default)s)")
     p.add_argument(
         "--head-lr",
@@ -172,34 +184,22 @@ def build_parser():
         action="store_true",
         help="continue an interrupted run from its latest checkpoint in --checkpoint-dir",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: 0 = all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch in each process (default: 0 = all cores, shared out among the processes torchrun starts on this machine)",
+    )
     p.add_argument(
         "--freeze-encoder",
         action="store_true",
-        help="keep the pretrained encoder fixed: embed every text once, then fit only the head (seconds, not minutes)",
+        help="keep the pretrained encoder fixed: embed every text once, then fit only the head (seconds, not minutes; one process)",
     )
     p.add_argument(
         "--frozen-head",
         choices=["logreg", "linear"],
         default="logreg",
         help="with --freeze-encoder: per-genre logistic regressions (C picked on validation) or the linear layer trained by AdamW at --head-lr (default: %(default)s)",
-    )
-    p.add_argument(
-        "--teacher",
-        default=None,
-        help="distil: also learn a saved run's (folder or .zip) probabilities on the training rows; it must have trained on the same rows",
-    )
-    p.add_argument(
-        "--teacher-weight",
-        type=float,
-        default=0.5,
-        help="with --teacher: share of the teacher's probabilities in the training targets, 0-1 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--teacher-temperature",
-        type=float,
-        default=1.0,
-        help="with --teacher: divide the teacher's logits by this before the sigmoid; > 1 softens (default: %(default)s)",
     )
     return p
 
@@ -208,48 +208,84 @@ def running_in_notebook():
     return "ipykernel" in sys.modules
 
 
+def one_line_excepthook(kind, error, trace):
+    """An unexpected error is one line that says it is a bug; GENRE_TAGGER_DEBUG=1 shows the traceback."""
+    if issubclass(kind, KeyboardInterrupt) or os.environ.get("GENRE_TAGGER_DEBUG"):
+        sys.__excepthook__(kind, error, trace)
+        return
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    print(
+        f"error: unexpected {kind.__name__}: {runs.printable(first)} (a bug: please report it; "
+        "GENRE_TAGGER_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
+
+
 def fail(message):
     """Stop with one line that says what to do (an exception in a notebook, where exiting would kill the kernel)."""
     if running_in_notebook():
         raise UserError(message)
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {runs.printable(message)}", file=sys.stderr)
     sys.exit(2)
 
 
-def settings_problem(args):
-    if min(args.epochs, args.batch_size, args.max_length, args.patience) < 1:
-        return "--epochs, --batch-size, --max-length and --patience must be at least 1"
-    if not (0 < args.val_fraction < 0.5 and 0 < args.test_fraction < 0.5):
-        return "--val-fraction and --test-fraction must be between 0 and 0.5"
-    if not 0 < args.threshold < 1:
-        return "--threshold must be between 0 and 1"
-    if args.folds == 1 or args.folds < 0:
-        return "--folds must be 0 (off) or at least 2"
+if not running_in_notebook():
+    sys.excepthook = one_line_excepthook
+
+
+def output_problem(args):
+    """Refuse, before any work, to replace anything that is not a run of ours or to start over a resumable run."""
     output = Path(args.output)
-    if output.exists() and not (
-        output.is_dir() and ((output / "train_config.json").exists() or not any(output.iterdir()))
-    ):
-        return f"--output {output} exists and is not a genre-tagger run; choose another folder so nothing of yours is replaced"
+    if problem := runs.replace_problem(output):
+        return f"--output: {problem}; choose another folder so nothing of yours is replaced"
+    if problem := runs.zip_replace_problem(runs.zip_path_of(output)):
+        return f"--output: {problem}; move it or choose another --output so it is not overwritten"
+    if args.freeze_encoder and args.resume:
+        return "--resume continues a fine-tune from its checkpoints; a --freeze-encoder run has none: drop --resume"
+    if args.freeze_encoder and distributed.world_size() > 1:
+        return "--freeze-encoder fits its head in one process: run train.py without torchrun or accelerate launch"
     checkpoints = Path(args.checkpoint_dir) / output.name
+    if checkpoints.exists() and not checkpoints.is_dir():
+        return f"--checkpoint-dir: {checkpoints} exists and is not a folder"
     if not args.resume and any(checkpoints.glob("checkpoint-*")):
         return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
     if args.resume and not any(checkpoints.glob("checkpoint-*")):
         return f"--resume: no checkpoint in {checkpoints} to continue from"
-    if args.teacher and (args.freeze_encoder or args.folds):
-        return "--teacher trains a fine-tuned student on one split: drop --freeze-encoder and --folds"
-    if not (0 <= args.teacher_weight <= 1 and args.teacher_temperature > 0):
-        return "--teacher-weight must be between 0 and 1 and --teacher-temperature above 0"
     return None
 
 
+def tidy_interrupted(args):
+    """Remove what an interrupted train.py left behind for this --output, saying so; keep resumable work."""
+    output = Path(args.output)
+    leftovers = runs.stale_leftovers(output)
+    if leftovers:
+        runs.remove_paths(leftovers)
+        print(f"note: removed {len(leftovers)} half-written leftover(s) of an interrupted save beside {output}")
+    checkpoints = Path(args.checkpoint_dir) / output.name
+    manifest = output / runs.MANIFEST
+    if (
+        not args.resume
+        and checkpoints.is_dir()
+        and manifest.exists()
+        and all(c.stat().st_mtime < manifest.stat().st_mtime for c in checkpoints.glob("checkpoint-*"))
+    ):
+        # The run was saved after its last checkpoint: the process stopped before its own clean-up.
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        print(f"note: removed checkpoints in {checkpoints} left by an interrupted clean-up ({output} is complete)")
+
+
 args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
-if problem := settings_problem(args):
+if problem := train_settings_problem(args):
+    fail(problem)
+tidy_interrupted(args)
+if problem := output_problem(args):
     fail(problem)
 if args.threads:
     torch.set_num_threads(args.threads)
 transformers.utils.logging.set_verbosity_error()
 output = Path(args.output)
 started = time.time()
+distributed.setup(args.threads)  # under torchrun / accelerate launch: threads per process, one rank prints
 
 # %% [markdown]
 # ## Data
@@ -265,13 +301,15 @@ try:
     movies, cleaning = gdata.load_labelled_csv(args.data, args.text_column, args.label_column)
     test_movies = None
     if args.test_data:
-        test_movies, _ = gdata.load_labelled_csv(args.test_data, args.text_column, args.label_column)
+        test_movies, _ = gdata.load_labelled_csv(args.test_data, args.text_column, args.label_column, "--test-data")
 except UserError as err:
     fail(str(err))
 if args.limit:
     movies = movies.head(args.limit).reset_index(drop=True)
 if len(movies) < 50:
     fail(f"{args.data} has {len(movies)} usable rows; training, validation and test need at least 50")
+if problem := split_problem(len(movies), args.val_fraction, args.test_fraction, test_movies is not None):
+    fail(problem)
 print(f"{args.data}: {cleaning}")
 movies.head()
 
@@ -325,6 +363,15 @@ labels = list(binarizer.classes_)
 dropped = sorted({g for row in movies["labels"] for g in row} - set(labels))
 if dropped:
     print(f"note: labels absent from the training rows are not learned: {', '.join(dropped)}")
+unseen_in_test = {}
+if test_movies is not None:
+    unseen_in_test = pd.Series([g for row in test_movies["labels"] for g in row if g not in labels]).value_counts()
+    unseen_in_test = {str(g): int(n) for g, n in unseen_in_test.items()}
+    if unseen_in_test:
+        print(
+            f"note: {args.test_data} has genres the training rows lack, which the model cannot predict and the "
+            f"test metrics leave out: {', '.join(f'{g} ({n} rows)' for g, n in unseen_in_test.items())}"
+        )
 Y = gdata.encode_labels(binarizer, movies["labels"])
 if test_movies is not None:
     Y_test = gdata.encode_labels(binarizer, test_movies["labels"])
@@ -363,6 +410,7 @@ tokenizer = AutoTokenizer.from_pretrained(base_path)
 settings = {
     "epochs": args.epochs,
     "batch_size": args.batch_size,
+    "grad_accum": args.grad_accum,
     "lr": args.lr,
     "weight_decay": args.weight_decay,
     "warmup_ratio": args.warmup_ratio,
@@ -376,16 +424,10 @@ settings = {
 }
 
 
-def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False, teacher_targets=None):
-    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log.
-
-    With `teacher_targets` (the teacher's probabilities on the training rows), the loss is
-    (1 - --teacher-weight) x the true-label loss + --teacher-weight x the teacher loss.
-    """
+def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False):
+    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log."""
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
-    if teacher_targets is not None:
-        model.teacher_weight = args.teacher_weight
     if args.freeze_encoder:
         log = train_frozen_head(
             model, tokenizer, train_texts, Y_train, val_texts, Y_val, settings, args.threshold,
@@ -395,7 +437,7 @@ def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=F
     trainer = fine_tune(
         model,
         tokenizer,
-        TextDataset(train_texts, tokenizer, args.max_length, Y_train, teacher_targets),
+        TextDataset(train_texts, tokenizer, args.max_length, Y_train),
         TextDataset(val_texts, tokenizer, args.max_length, Y_val),
         settings,
         checkpoint_dir,
@@ -421,6 +463,8 @@ if args.folds:
         model, _ = train_model(
             [texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va], Path(args.checkpoint_dir) / f"fold-{fold}"
         )
+        if not distributed.is_main_process():
+            continue  # under torchrun the main process alone tests each fold and writes
         test_fold = [texts[i] for i in held_out]
         result = {
             "model": gmetrics.multilabel_metrics(
@@ -433,6 +477,7 @@ if args.folds:
         )
         fold_results.append(result)
         shutil.rmtree(Path(args.checkpoint_dir) / f"fold-{fold}", ignore_errors=True)
+    distributed.leave_unless_main()
     summary = {}
     for who in ("model", "baseline"):
         summary[who] = {
@@ -467,36 +512,24 @@ if args.folds:
 # under-fitted when the encoder began to overfit, which cost about 0.02 macro-F1 and 0.01 ROC-AUC on
 # the 200-row notebook test split (`bench/quality.py`, bench/QUALITY.md).
 
-# %% [markdown]
-# ### Distillation (only with `--teacher RUN`)
-# The student's loss is (1 - w) x its usual loss on the true labels + w x an unweighted BCE on the
-# teacher's probabilities for the training rows (`--teacher-weight` w, `--teacher-temperature`), so a
-# fast model can learn what a slow one knows.
-
-# %%
-teacher_targets = None
-if args.teacher:
-    from genre_tagger.distill import soften, teacher_probabilities  # noqa: E402
-
-    try:
-        P_teacher = teacher_probabilities(args.teacher, labels, train_texts, val_texts + test_texts, args.max_length)
-    except UserError as err:
-        fail(str(err))
-    teacher_targets = soften(P_teacher, args.teacher_temperature)
-    print(
-        f"teacher {args.teacher}: training-row macro-F1 {gmetrics.multilabel_metrics(Y_train, P_teacher, args.threshold)['macro_f1']:.4f}"
-    )
-
 # %%
 checkpoint_dir = Path(args.checkpoint_dir) / output.name
+effective_batch = args.batch_size * distributed.world_size() * args.grad_accum
+if effective_batch != args.batch_size:
+    print(
+        f"effective batch {effective_batch} rows per optimizer step = {args.batch_size} per process "
+        f"x {distributed.world_size()} processes x {args.grad_accum} accumulated steps"
+    )
 train_started = time.time()
-model, log_history = train_model(
-    train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume, teacher_targets=teacher_targets
-)
+model, log_history = train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=args.resume)
 train_seconds = time.time() - train_started
+parallel = distributed.description(args.batch_size, args.grad_accum)
 selection_key = f"eval_{args.select_by}"
 evaluations = [e for e in log_history if selection_key in e]
 best_epoch = (min if args.select_by == "loss" else max)(evaluations, key=lambda e: e[selection_key])["epoch"]
+# Under torchrun every rank computed the same gathered validation metrics, so all must have kept the same
+# best epoch; from here on the main process works alone and the others exit 0 (genre_tagger/distributed.py).
+distributed.leave_unless_main((best_epoch, [e[selection_key] for e in evaluations]))
 print(f"trained in {train_seconds:.0f} s; best validation epoch {best_epoch:.2f}")
 
 # %% [markdown]
@@ -595,6 +628,7 @@ try:
     metrics_payload = {
         "threshold": args.threshold,
         "tuned_thresholds": tuned,
+        "test_genres_not_learned": unseen_in_test,
         "base_model": base_model,
         "best_epoch": best_epoch,
         **evaluation,
@@ -619,6 +653,7 @@ try:
             },
             "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
             "pos_weight": dict(zip(labels, map(float, positive_weights(Y_train, args.pos_weight)))),
+            "parallel": parallel,
             "seconds": {"train": round(train_seconds, 1), "until_save": round(time.time() - started, 1)},
             "machine": {
                 "platform": platform.platform(),
@@ -643,6 +678,7 @@ try:
         )
         + f"; predict.py uses {onnx_info['default']}"
     )
+    runs.write_manifest(staged)
     runs.publish_folder(staged, output)
 finally:
     if staged.exists():
@@ -668,18 +704,18 @@ if running_in_notebook():
 
 # %% [markdown]
 # ## Reload and tag new descriptions
-# The saved zip is opened the way `predict.py` opens it, and a few unseen plots are tagged at the
-# default threshold: what a user of the trained model sees.
+# The saved zip is opened with `load_tagger`, the way to load a run in Python (ONNX backend here,
+# `backend="torch"` for PyTorch), and a few unseen plots are tagged at the default threshold: what a
+# user of the trained model sees.
 
 # %%
-from genre_tagger.onnx_backend import OnnxTagger  # noqa: E402
+from genre_tagger import load_tagger  # noqa: E402
 
 examples = [
     "A retired hitman seeks revenge on the gangsters who killed his dog.",
     "Two strangers fall in love during one night in Vienna.",
     "A family moves into a farmhouse haunted by a malevolent presence.",
 ]
-with runs.OpenRun(zip_path) as folder:
-    tagged = gmetrics.decode(OnnxTagger(folder).probabilities(examples), runs.labels_of(folder), args.threshold)
+tagged = load_tagger(zip_path).tag(examples, threshold=args.threshold)
 for description, genres in zip(examples, tagged):
     print(f"{description}\n  -> {', '.join(f'{g} {p:.2f}' for g, p in genres) or '(none at threshold)'}")

@@ -9,7 +9,6 @@ TF-IDF baseline and the trivial most-frequent-genres baseline, all read from the
     python bench/quality.py                        # 3 seeds, --model minilm, train.py defaults
     python bench/quality.py --seeds 42 -- --lr 5e-5 --epochs 12   # flags after -- go to train.py
     python bench/quality.py --model mpnet -- --freeze-encoder      # frozen encoder, trained head
-    python bench/quality.py -- --teacher /tmp/q-mpnet/run-{seed}  # {seed} becomes each run's seed
 
 Beside each run's training time the table reports its peak resident memory (the train.py process's
 maximum RSS, from the operating system's accounting of the finished child).
@@ -130,7 +129,7 @@ def run_seed(seed, args, train_path, test_path, work, extra):
         str(run_dir),
         "--checkpoint-dir",
         str(work / "ck"),
-        *[flag.replace("{seed}", str(seed)) for flag in extra],
+        *extra,
     ]
     print(f"\n=== seed {seed}: {' '.join(command)}", flush=True)
     started = time.time()

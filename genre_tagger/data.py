@@ -1,5 +1,6 @@
 """The dataset: download with a checksum, load, clean, validate, encode labels, split."""
 
+import csv
 import hashlib
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from genre_tagger import UserError
+from genre_tagger.runs import printable
 
 DATA_URL = (
     "https://raw.githubusercontent.com/donalcarr/Datasets/caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
@@ -77,23 +79,86 @@ def split_labels(field):
     return list(dict.fromkeys(label for label in labels if label))
 
 
-def _row_list(mask):
+def _row_list(mask, source_rows):
     # Row numbers as a user sees them in a spreadsheet: the header is row 1.
-    rows = (np.flatnonzero(mask) + 2).tolist()
+    rows = np.asarray(source_rows)[np.flatnonzero(mask)].tolist()
     shown = ", ".join(map(str, rows[:10]))
     return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
-def read_csv(path):
-    import pandas as pd  # imported here: predict.py uses clean_text without paying for pandas
+def csv_rows(handle, source):
+    """Yield (row number, fields) of a CSV read strictly; the header is row 1, as in a spreadsheet.
 
+    Malformed input is an error naming its row, never a silently merged or shifted row: unclosed or
+    stray quotes, rows with more or fewer fields than the header, NUL bytes (a binary file), and a
+    quoted field that runs over several lines which themselves look like rows (an unclosed quote
+    that a later quote happened to close).
+    """
+    reader = csv.reader(handle, strict=True)
+    number = 1
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{source} is empty; give a CSV file with a header row")
+        header = [name.strip() for name in header]
+        _check_fields(source, 1, header)
+        yield 1, header
+        for number, fields in enumerate(reader, start=2):
+            if not fields:
+                continue  # a blank line
+            _check_fields(source, number, fields)
+            if len(fields) != len(header):
+                raise UserError(
+                    f"{source}: row {number} has {len(fields)} fields where the header has {len(header)}; "
+                    "check that row's commas and quotes"
+                )
+            for field in fields:
+                for line in field.splitlines()[1:]:
+                    if line.count(",") >= len(header) - 1 > 0:
+                        raise UserError(
+                            f"{source}: row {number} has a quoted field that swallows what looks like further rows "
+                            "(an unclosed quote?); check that row's quotes"
+                        )
+            yield number, fields
+    except csv.Error as err:
+        raise UserError(f"{source}: row {number + 1} is not valid CSV ({err}); check that row's quotes") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{source} is not UTF-8 text; save it as UTF-8 CSV and try again") from None
+
+
+def _check_fields(source, number, fields):
+    if any("\x00" in field for field in fields):
+        raise UserError(f"{source}: row {number} holds NUL bytes; this is a binary file, not a CSV")
+
+
+def open_text_file(path, what="--input"):
+    """Open a UTF-8 text file (a BOM is dropped) for the csv module, or say in one line why not."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path} does not exist; pass --data with the path of your CSV file")
+        raise UserError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"{path} is not a readable CSV file ({str(err).splitlines()[0]})") from None
+        return open(path, newline="", encoding="utf-8-sig")
+    except OSError as err:
+        raise UserError(f"cannot read {what} {path} ({err.strerror})") from None
+
+
+def read_csv(path, what="--data"):
+    """The whole CSV as a DataFrame of strings, read strictly (csv_rows); `source_row` is each row's number."""
+    import pandas as pd  # imported here: predict.py uses clean_text without paying for pandas
+
+    with open_text_file(path, what) as handle:
+        rows = csv_rows(handle, path)
+        _, header = next(rows)
+        if len(set(header)) != len(header):
+            raise UserError(f"{path}: the header names a column twice; rename one")
+        numbered = list(rows)
+    frame = pd.DataFrame([fields for _, fields in numbered], columns=header, dtype=str)
+    if frame.empty:
+        frame = pd.DataFrame(columns=header, dtype=str)
+    frame.attrs["source_rows"] = [number for number, _ in numbered]
+    return frame
 
 
 def require_columns(frame, columns, path):
@@ -106,7 +171,7 @@ def require_columns(frame, columns, path):
             )
 
 
-def load_labelled_csv(path, text_column="Description", label_column="Genre"):
+def load_labelled_csv(path, text_column="Description", label_column="Genre", what="--data"):
     """Load a CSV of texts with comma-separated labels, cleaned and validated.
 
     Returns (frame, report): frame has columns `text` (cleaned), `labels` (list of str) and
@@ -114,17 +179,27 @@ def load_labelled_csv(path, text_column="Description", label_column="Genre"):
     """
     import pandas as pd
 
-    frame = read_csv(path)
+    frame = read_csv(path, what)
     require_columns(frame, [text_column, label_column], path)
+    source_rows = np.array(frame.attrs["source_rows"], dtype=np.int64)
     texts = frame[text_column].map(clean_text)
     labels = frame[label_column].map(split_labels)
     empty_text = texts.str.len() == 0
     if empty_text.any():
-        raise UserError(f"{path}: empty {text_column!r} in rows {_row_list(empty_text)}; fill or delete them")
+        raise UserError(
+            f"{path}: empty {text_column!r} in rows {_row_list(empty_text, source_rows)}; fill or delete them"
+        )
     no_labels = labels.map(len) == 0
     if no_labels.any():
-        raise UserError(f"{path}: no labels in {label_column!r} in rows {_row_list(no_labels)}; fill or delete them")
-    clean = pd.DataFrame({"text": texts, "labels": labels, "source_row": np.arange(len(frame)) + 2})
+        raise UserError(
+            f"{path}: no labels in {label_column!r} in rows {_row_list(no_labels, source_rows)}; fill or delete them"
+        )
+    odd_labels = labels.map(lambda row: any(printable(label) != label for label in row))
+    if odd_labels.any():
+        raise UserError(
+            f"{path}: control characters in {label_column!r} in rows {_row_list(odd_labels, source_rows)}; fix those labels"
+        )
+    clean = pd.DataFrame({"text": texts, "labels": labels, "source_row": source_rows})
     duplicated = clean["text"].duplicated()
     clean = clean[~duplicated].reset_index(drop=True)
     distinct = sorted({label for row in clean["labels"] for label in row})

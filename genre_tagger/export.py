@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.runs import check_run_folder, zip_folder, zip_path_of
+from genre_tagger.runs import check_run_folder, printable, write_manifest, zip_folder, zip_path_of
 
 
 def main(argv=None):
@@ -21,6 +21,7 @@ def main(argv=None):
     from genre_tagger.modeling import export_run
 
     info = export_run(folder)
+    write_manifest(folder)
     zip_folder(folder, zip_path_of(folder))
     print(
         f"exported {', '.join(info['files'].values())} into {folder}; predict.py uses {info['default']}; refreshed {zip_path_of(folder)}"
@@ -31,5 +32,5 @@ if __name__ == "__main__":
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,7 @@
 
 The encoder's mean-pooled vectors are computed once for the training and validation rows; the head is
 then fitted on those vectors in seconds and written into the classifier's linear layer, so the result
-is an ordinary GenreClassifier (saved, exported to ONNX and reloaded like a fine-tuned one).
+is an ordinary GenreTaggerForSequenceClassification (saved, exported to ONNX and reloaded like a fine-tuned one).
 
 Two heads, both one linear layer in the end:
 - `logreg`: one scikit-learn logistic regression per genre (positives weighted like the BCE loss),
@@ -82,7 +82,9 @@ def fit_linear_head(X_train, Y_train, X_val, Y_val, pos_weight, threshold, setti
     """(weight, bias, log): the linear layer trained by AdamW on BCE over fixed vectors, best epoch on validation."""
     generator = torch.Generator().manual_seed(settings["seed"])
     layer = torch.nn.Linear(X_train.shape[1], Y_train.shape[1])
-    optimizer = torch.optim.AdamW(layer.parameters(), lr=settings["head_lr"], weight_decay=settings["weight_decay"])
+    optimizer = torch.optim.AdamW(
+        layer.parameters(), lr=settings["head_lr"] or settings["lr"], weight_decay=settings["weight_decay"]
+    )
     X, Y = torch.from_numpy(X_train), torch.from_numpy(Y_train.astype(np.float32))
     X_v = torch.from_numpy(X_val)
     weights = torch.as_tensor(pos_weight, dtype=torch.float32)

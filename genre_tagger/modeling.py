@@ -1,8 +1,11 @@
-"""The torch side: base-model resolution, the Dataset, the classifier, training glue, loading, ONNX export."""
+"""The torch side: base-model resolution, the Dataset, building/saving/loading the classifier, training glue, ONNX export.
+
+The classifier itself (a PreTrainedModel and its config) lives in hf_classifier.py, which runs copy.
+"""
 
 import json
 import logging
-import os
+import math
 import re
 import warnings
 from pathlib import Path
@@ -16,10 +19,10 @@ from transformers import (
     AutoTokenizer,
     TrainerCallback,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from genre_tagger import UserError
 from genre_tagger.base_models import MPNET_ALIAS, MPNET_NAME, mpnet_model_path
+from genre_tagger.hf_classifier import MODEL_TYPE, GenreTaggerConfig, GenreTaggerForSequenceClassification
 
 DEFAULT_BASE_MODEL = "distilbert-base-uncased"
 OFFLINE_MODEL_ALIAS = "minilm"
@@ -63,10 +66,9 @@ def resolve_base_model(name):
 class TextDataset(torch.utils.data.Dataset):
     """Tokenized texts (no padding: the collator pads each batch to its longest row) and float multi-hot labels."""
 
-    def __init__(self, texts, tokenizer, max_length, label_matrix=None, teacher_matrix=None):
+    def __init__(self, texts, tokenizer, max_length, label_matrix=None):
         self.encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.label_matrix = label_matrix
-        self.teacher_matrix = teacher_matrix
 
     def __len__(self):
         return len(self.encodings["input_ids"])
@@ -76,53 +78,7 @@ class TextDataset(torch.utils.data.Dataset):
         if self.label_matrix is not None:
             # DataCollatorWithPadding turns lists into tensors; floats keep BCE's targets float.
             item["labels"] = [float(v) for v in self.label_matrix[i]]
-        if self.teacher_matrix is not None:
-            # Not named *label*: the Trainer would then expect it in the validation rows too.
-            item["teacher_targets"] = [float(v) for v in self.teacher_matrix[i]]
         return item
-
-
-class GenreClassifier(nn.Module):
-    """A transformer encoder, pooled over tokens, then one linear layer giving a logit per genre.
-
-    Mean pooling over the real (unmasked) tokens is what all-MiniLM-L6-v2 was trained with; its [CLS]
-    pooler was never trained, so the stock sequence-classification head learns slowly on it.
-    """
-
-    def __init__(self, encoder, num_labels, pooling="mean", dropout=0.1, pos_weight=None):
-        super().__init__()
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
-        self.encoder = encoder
-        self.config = encoder.config
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
-        weight = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32)
-        # Not saved with the weights: it only shapes the training loss.
-        self.register_buffer("pos_weight", weight, persistent=False)
-        self.teacher_weight = 0.0  # share of the teacher's loss when training rows carry teacher_targets
-
-    def pool(self, hidden, attention_mask):
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-    def forward(self, input_ids, attention_mask, labels=None, teacher_targets=None):
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = self.classifier(self.dropout(self.pool(hidden, attention_mask)))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.to(logits.dtype), pos_weight=self.pos_weight
-            )
-            if teacher_targets is not None:
-                # No positive weights on the teacher's part: they would multiply its small probabilities
-                # on every negative genre ~150-fold and teach the student to tag everything.
-                teacher_loss = nn.functional.binary_cross_entropy_with_logits(logits, teacher_targets.to(logits.dtype))
-                loss = (1 - self.teacher_weight) * loss + self.teacher_weight * teacher_loss
-        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def positive_weights(label_matrix, mode):
@@ -143,40 +99,86 @@ def positive_weights(label_matrix, mode):
 
 
 def build_classifier(base_model, labels, pooling, dropout, pos_weight=None):
-    """A fresh classifier on a pretrained encoder, with the labels in its config."""
-    config = AutoConfig.from_pretrained(base_model)
-    label_config(config, labels, pooling, dropout)
-    encoder = AutoModel.from_pretrained(base_model, config=config)
-    return GenreClassifier(encoder, len(labels), pooling, dropout, pos_weight)
+    """A fresh classifier on a pretrained encoder, with the labels, pooling and dropout in its config."""
+    encoder = AutoModel.from_pretrained(base_model)
+    # The head is drawn before the wrapper exists, so a seed gives the same start as before the classifier
+    # became a PreTrainedModel; the wrapper's own randomly initialised encoder and head are replaced below.
+    head = nn.Linear(encoder.config.hidden_size, len(labels))
+    model = GenreTaggerForSequenceClassification(
+        classifier_config(encoder.config, labels, pooling, dropout), pos_weight
+    )
+    model.encoder, model.classifier = encoder, head
+    model.config.encoder = encoder.config
+    return model
 
 
-def label_config(config, labels, pooling, dropout):
+def classifier_config(encoder_config, labels, pooling, dropout):
     # Labels travel with the model, as in transformers' text-classification example.
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = "multi_label_classification"
-    config.pooling = pooling
-    config.classifier_dropout = dropout
-    return config
+    encoder_config._name_or_path = ""  # where the base model lay on the training machine: not the run's business
+    return GenreTaggerConfig(
+        encoder=encoder_config,
+        pooling=pooling,
+        classifier_dropout=dropout,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification",
+    )
+
+
+def _quiet_progress_bars():
+    # Loading and saving draw progress bars on stderr; predict.py and train.py print their own lines.
+    from contextlib import contextmanager
+
+    from transformers.utils import logging as hf_logging
+
+    @contextmanager
+    def quiet():
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                hf_logging.enable_progress_bar()
+
+    return quiet()
 
 
 def save_classifier(model, tokenizer, folder):
-    from safetensors.torch import save_file
-
-    model.config.save_pretrained(folder)
-    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    """config.json, model.safetensors and hf_classifier.py (the model's code, for trust_remote_code), the tokenizer."""
+    with _quiet_progress_bars():
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def load_classifier(folder):
-    """Model and tokenizer of a saved run: the project's own loader, used by predict.py and the tests."""
-    from safetensors.torch import load_file
+def is_legacy_run(folder):
+    """A run saved before the classifier became a PreTrainedModel: config.json is the encoder's own config."""
+    return json.loads((Path(folder) / "config.json").read_text()).get("model_type") != MODEL_TYPE
 
-    config = AutoConfig.from_pretrained(folder)
-    encoder = AutoModel.from_config(config)
-    model = GenreClassifier(encoder, len(config.id2label), config.pooling, config.classifier_dropout)
-    model.load_state_dict(load_file(os.path.join(folder, "model.safetensors")))
+
+def legacy_config(folder):
+    """The classifier config of a legacy run: its encoder config plus the labels, pooling and dropout it carried."""
+    saved = json.loads((Path(folder) / "config.json").read_text())
+    id2label = {int(i): label for i, label in saved["id2label"].items()}
+    labels = [id2label[i] for i in range(len(id2label))]
+    encoder = {
+        key: value
+        for key, value in saved.items()
+        if key not in ("id2label", "label2id", "problem_type", "pooling", "classifier_dropout", "architectures")
+    }
+    encoder_config = AutoConfig.for_model(**encoder)
+    return classifier_config(encoder_config, labels, saved.get("pooling", "mean"), saved.get("classifier_dropout", 0.1))
+
+
+def load_classifier(folder):
+    """Model and tokenizer of a saved run: the project's own loader, used by predict.py and the tests.
+
+    Runs saved before the classifier became a PreTrainedModel (config.json of model_type bert, distilbert,
+    ...) load too: their weights already carry the same names (`encoder.*`, `classifier.*`).
+    """
+    config = legacy_config(folder) if is_legacy_run(folder) else None
+    with _quiet_progress_bars():
+        model = GenreTaggerForSequenceClassification.from_pretrained(folder, config=config)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
@@ -193,10 +195,11 @@ def predict_probabilities(model, tokenizer, texts, max_length, batch_size=64):
     encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = encodings["input_ids"]
     probabilities = np.zeros((len(ids), len(model.config.id2label)), dtype=np.float32)
+    device = next(model.parameters()).device  # a model just trained on a GPU is still there
     for batch in length_sorted_batches([len(row) for row in ids], batch_size):
-        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+        padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(device)
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-        probabilities[batch] = torch.sigmoid(logits).float().numpy()
+        probabilities[batch] = torch.sigmoid(logits).float().cpu().numpy()
     return probabilities
 
 
@@ -345,7 +348,7 @@ def _genre_trainer_class():
         def learning_rate_of(self, name):
             if name.startswith("classifier."):
                 return self.head_lr
-            layers = self.model.config.num_hidden_layers
+            layers = self.model.config.encoder.num_hidden_layers
             match = re.search(r"\.layer\.(\d+)\.", name)
             depth = int(match.group(1)) + 1 if match else (0 if ".embeddings." in name else layers + 1)
             return self.args.learning_rate * self.layer_decay ** (layers + 1 - depth)
@@ -381,13 +384,18 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
     """
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
+    from genre_tagger.distributed import world_size
     from genre_tagger.metrics import multilabel_metrics, sigmoid
 
     def compute_metrics(evaluation):
         metrics = multilabel_metrics(evaluation.label_ids, sigmoid(evaluation.predictions), threshold)
         return {k: v for k, v in metrics.items() if k in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")}
 
-    steps_per_epoch = -(-len(train_dataset) // settings["batch_size"])
+    # Under torchrun each of the world's processes takes every world-th batch, and an optimizer step
+    # sums `grad_accum` of them: the Trainer's own count of steps per epoch, which evaluation follows.
+    grad_accum = settings.get("grad_accum", 1)
+    batches_per_process = math.ceil(math.ceil(len(train_dataset) / settings["batch_size"]) / world_size())
+    steps_per_epoch = math.ceil(batches_per_process / grad_accum)
     every = settings["save_steps"] or steps_per_epoch
     total_steps = steps_per_epoch * settings["epochs"]
     on_gpu = torch.cuda.is_available()
@@ -395,6 +403,7 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         output_dir=str(checkpoint_dir),
         num_train_epochs=settings["epochs"],
         per_device_train_batch_size=settings["batch_size"],
+        gradient_accumulation_steps=grad_accum,
         per_device_eval_batch_size=64,
         learning_rate=settings["lr"],
         weight_decay=settings["weight_decay"],
@@ -416,6 +425,11 @@ def fine_tune(model, tokenizer, train_dataset, val_dataset, settings, checkpoint
         bf16=on_gpu and torch.cuda.is_bf16_supported(),
         fp16=on_gpu and not torch.cuda.is_bf16_supported(),
         dataloader_pin_memory=on_gpu,
+        # Under torchrun on CPU, accelerate sets up data parallelism (gloo) only when told the run is on
+        # CPU; without it every rank would train the whole model alone.
+        use_cpu=not on_gpu and world_size() > 1,
+        # BERT-family encoders carry a pooler that our pooling never uses; DDP must expect its unused weights.
+        ddp_find_unused_parameters=getattr(model.encoder, "pooler", None) is not None,
         report_to="none",
         disable_tqdm=settings.get("quiet", False),
     )

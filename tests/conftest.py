@@ -42,7 +42,8 @@ def tiny_distilbert(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-distilbert")
     shutil.copy(Path(packaged_model_path()) / "vocab.txt", folder / "vocab.txt")
-    DistilBertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    # from_pretrained reads vocab.txt; the constructor's vocab_file is ignored by transformers 5 (a 5-token vocab).
+    DistilBertTokenizerFast.from_pretrained(folder, do_lower_case=True).save_pretrained(folder)
     config = DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, max_position_embeddings=512)
     AutoModel.from_config(config).save_pretrained(folder)
     return folder
@@ -54,3 +55,22 @@ def run_script(*args, cwd=ROOT, env=None, timeout=900):
     return subprocess.run(
         [sys.executable, *map(str, args)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
+    """One tiny DistilBERT run on 200 real rows (train.py as a subprocess), shared by the tests that read a run."""
+    work = tmp_path_factory.mktemp("e2e")
+    output = work / "models" / "genre-classifier"
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--epochs", "2",
+        "--batch-size", "16", "--lr", "1e-3", "--output", output, "--checkpoint-dir", work / "checkpoints",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {
+        "base": tiny_distilbert,
+        "output": output,
+        "zip": output.with_suffix(".zip"),
+        "work": work,
+        "log": result.stdout,
+    }

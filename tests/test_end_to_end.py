@@ -15,28 +15,10 @@ DESCRIPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
-    work = tmp_path_factory.mktemp("e2e")
-    output = work / "models" / "genre-classifier"
-    result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--epochs", "2",
-        "--batch-size", "16", "--lr", "1e-3", "--output", output, "--checkpoint-dir", work / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {
-        "base": tiny_distilbert,
-        "output": output,
-        "zip": output.with_suffix(".zip"),
-        "work": work,
-        "log": result.stdout,
-    }
-
-
 def test_run_folder_describes_itself(trained):
     folder = trained["output"]
     for name in [
-        "config.json", "model.safetensors", "tokenizer.json", "binarizer.joblib", "train_config.json",
+        "config.json", "model.safetensors", "hf_classifier.py", "tokenizer.json", "binarizer.joblib", "train_config.json",
         "metrics.json", "thresholds.json", "split.csv", "per_genre.csv", "model.onnx", "model.int8.onnx",
         "onnx.json", "plots/per_genre_f1.png", "plots/threshold_curve.png", "plots/precision_recall.png",
         "plots/cooccurrence.png",
@@ -44,7 +26,8 @@ def test_run_folder_describes_itself(trained):
         assert (folder / name).exists(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
-    assert config["model_type"] == "distilbert"
+    assert config["model_type"] == "genre_tagger" and config["encoder"]["model_type"] == "distilbert"
+    assert config["architectures"] == ["GenreTaggerForSequenceClassification"]
     assert len(config["id2label"]) == len(config["label2id"]) >= 15
     metrics = json.loads((folder / "metrics.json").read_text())
     for key in ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"):
@@ -215,7 +198,12 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
     lines = imdb_csv.read_text().splitlines(keepends=True)
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
     train_csv.write_text("".join(lines[:131]))
-    test_csv.write_text(lines[0] + "".join(lines[131:171]))
+    # One test movie has a genre no training row has: it must be named, not silently dropped.
+    test_csv.write_text(
+        lines[0]
+        + "".join(lines[131:170])
+        + '1001,Ghost Story,"Noir,Drama",A detective haunts a city.,x,y,2010,100,7,1,1,1\n'
+    )
     output = tmp_path / "run"
     result = run_script(
         "train.py", "--data", train_csv, "--test-data", test_csv, "--model", tiny_distilbert, "--epochs", "1",
@@ -224,6 +212,8 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["test"]["rows"] == 40
+    assert metrics["test_genres_not_learned"] == {"Noir": 1}
+    assert "genres the training rows lack" in result.stdout and "Noir (1 rows)" in result.stdout
     split = (output / "split.csv").read_text()
     assert split.count("\ntest,") == 40 and split.count("\nvalidation,") >= 10
 
@@ -231,7 +221,7 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--epochs", "0"], "at least 1"),
+        (["--epochs", "0"], "--epochs must be between 1"),
         (["--folds", "1"], "--folds"),
         (["--output", "pyproject.toml"], "is not a genre-tagger run"),
         (["--resume", "--output", "never-trained"], "no checkpoint"),

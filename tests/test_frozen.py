@@ -85,73 +85,37 @@ def test_frozen_run_is_a_normal_run_for_onnx_and_predict(frozen_run):
     assert len(record["probabilities"]) >= 15
 
 
-def test_teacher_probabilities_are_softened_by_the_temperature():
-    from genre_tagger.distill import soften
-
-    teacher = np.array([[0.9, 0.2, 0.5]])
-    assert np.allclose(soften(teacher, 1.0), teacher)
-    softened = soften(teacher, 2.0)
-    assert softened[0, 0] < 0.9 and softened[0, 1] > 0.2 and softened[0, 2] == pytest.approx(0.5)
-
-
-def test_distillation_loss_mixes_weighted_true_labels_and_unweighted_teacher_targets():
+def test_frozen_run_has_a_manifest_and_loads_with_the_hugging_face_auto_classes(frozen_run):
     import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from genre_tagger.modeling import build_classifier
+    from genre_tagger.runs import check_consistency, verify_manifest
+    from genre_tagger.tagger import load_tagger
 
-    torch.manual_seed(0)
-    model = build_classifier(packaged_minilm(), ["a", "b"], "mean", 0.0, pos_weight=[10.0, 1.0]).eval()
-    batch = {"input_ids": torch.tensor([[101, 2204, 102]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
-    labels, teacher = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.2, 0.6]])
-    logits = model(**batch).logits
-    true_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=model.pos_weight)
-    teacher_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, teacher)
-    model.teacher_weight = 0.3
-    mixed = model(**batch, labels=labels, teacher_targets=teacher).loss
-    assert mixed.item() == pytest.approx((0.7 * true_loss + 0.3 * teacher_loss).item(), rel=1e-5)
-    assert model(**batch, labels=labels).loss.item() == pytest.approx(true_loss.item(), rel=1e-5)
-
-
-def packaged_minilm():
-    from genre_tagger.modeling import packaged_model_path
-
-    return packaged_model_path()
+    folder = frozen_run["output"]
+    assert verify_manifest(folder) is True
+    assert check_consistency(folder) == load_tagger(folder).labels
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "genre_tagger" and "AutoModelForSequenceClassification" in config["auto_map"]
+    assert (folder / "hf_classifier.py").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = ["A detective hunts a killer in the rain.", "Two friends drive across the country."]
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    expected = load_tagger(folder, backend="torch").probabilities(texts)
+    assert np.allclose(torch.sigmoid(logits).numpy(), expected, atol=1e-5)
 
 
-def test_student_learns_from_a_teacher_run_on_the_same_rows(frozen_run, imdb_csv, tmp_path):
-    output = tmp_path / "student"
+def test_freeze_encoder_with_resume_is_refused_before_any_work(tmp_path):
+    result = run_script("train.py", "--output", tmp_path / "run", "--freeze-encoder", "--resume")
+    assert result.returncode == 2 and "drop --resume" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_freeze_encoder_under_a_launcher_is_refused_before_any_work(tmp_path):
     result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", frozen_run["base"], "--epochs", "1",
-        "--teacher", frozen_run["output"].with_suffix(".zip"), "--teacher-weight", "0.7",
-        "--output", output, "--checkpoint-dir", tmp_path / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "teacher" in result.stdout and (output / "onnx.json").exists()
-    settings = json.loads((output / "train_config.json").read_text())["settings"]
-    assert settings["teacher_weight"] == 0.7
-
-
-def test_a_teacher_that_saw_the_students_held_out_rows_is_refused(frozen_run, imdb_csv, tmp_path):
-    result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", frozen_run["base"], "--epochs", "1",
-        "--seed", "7", "--teacher", frozen_run["output"], "--output", tmp_path / "student",
-        "--checkpoint-dir", tmp_path / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "validation/test rows" in result.stderr
-    assert not (tmp_path / "student").exists()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--teacher", "somewhere", "--freeze-encoder"], "drop --freeze-encoder"),
-        (["--teacher", "somewhere", "--folds", "3"], "drop --freeze-encoder and --folds"),
-        (["--teacher-weight", "1.5"], "--teacher-weight must be between 0 and 1"),
-        (["--teacher-temperature", "0"], "--teacher-temperature above 0"),
-    ],
-)
-def test_distillation_settings_are_checked_before_any_work(args, message, tmp_path):
-    result = run_script("train.py", "--output", tmp_path / "run", *args)
-    assert result.returncode == 2 and message in result.stderr
-    assert result.stderr.count("\n") == 1
+        "train.py", "--output", tmp_path / "run", "--freeze-encoder", env={"WORLD_SIZE": "2", "RANK": "0"}
+    )
+    assert result.returncode == 2 and "without torchrun" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

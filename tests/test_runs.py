@@ -9,6 +9,7 @@ def make_run(folder, marker="one"):
     folder.mkdir(parents=True)
     for name in runs.REQUIRED_FILES:
         (folder / name).write_text("{}")
+    runs.write_json(folder / "config.json", {"id2label": {"0": "Action", "1": "Drama"}})
     (folder / "marker.txt").write_text(marker)
     return folder
 

@@ -1,0 +1,67 @@
+"""Rewrite a run saved before the classifier became a PreTrainedModel, so Hugging Face tools load it:
+
+python -m genre_tagger.convert models/genre-classifier
+
+Such a run's config.json is its encoder's own (model_type bert, distilbert, ...), so transformers would
+take it for a stock model and run a random head. This writes the genre-tagger config.json (encoder
+config, labels, pooling, dropout, auto_map), the same weights under the same names, and
+hf_classifier.py; the tokenizer, ONNX export and everything else stay as they are. The zip beside the
+folder is refreshed.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from genre_tagger import UserError
+from genre_tagger.runs import check_run_folder, write_manifest, zip_folder, zip_path_of
+
+REWRITTEN = ("config.json", "model.safetensors", "hf_classifier.py")
+
+
+def convert_run(folder):
+    """Rewrite a legacy run folder in place; returns False when it already is a current run."""
+    from genre_tagger.modeling import is_legacy_run, load_classifier, save_classifier
+
+    folder = Path(folder)
+    if not is_legacy_run(folder):
+        return False
+    model, tokenizer = load_classifier(folder)
+    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.converting-", dir=folder.parent))
+    try:
+        save_classifier(model, tokenizer, staged)
+        # Each file is renamed into place whole: an interruption leaves the old or the new file, never half.
+        for name in REWRITTEN:
+            os.replace(staged / name, folder / name)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Convert a run saved by an older train.py to the current format.")
+    parser.add_argument("run", help="run folder (not the zip)")
+    args = parser.parse_args(argv)
+    folder = check_run_folder(Path(args.run)) if Path(args.run).is_dir() else None
+    if folder is None:
+        raise UserError(f"{args.run} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
+    if not convert_run(folder):
+        print(f"{folder} is already a current run; nothing to do")
+        return
+    write_manifest(folder)
+    message = f"converted {folder}: Hugging Face tools now load it (trust_remote_code=True)"
+    if zip_path_of(folder).exists():
+        zip_folder(folder, zip_path_of(folder))
+        message += f"; refreshed {zip_path_of(folder)}"
+    print(message)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,549 @@
+"""The HTTP service behind serve.py: the run it serves, the request schemas, the dynamic batcher, the app.
+
+No torch here: the run is served on its ONNX export (onnxruntime + tokenizers), like predict.py's default.
+The `probabilities` of a response are computed as predict.py computes them (same OnnxTagger, same `decode`,
+same rounding): a request served alone gets exactly the numbers `predict.py --json` prints for it.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+
+from genre_tagger import UserError
+from genre_tagger.data import clean_text
+from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
+
+API_VERSION = "v1"
+WEB_FOLDER = Path(__file__).with_name("web")
+METRIC_KEYS = ("macro_f1", "micro_f1", "hamming_loss", "macro_roc_auc")
+LENGTH_RATIO = 1.3  # a gathered batch's chunk holds descriptions at most 1.3x as long (in tokens) as its shortest
+DISCARD_LIMIT = 16 << 20  # bytes of a refused body read and dropped before answering; past it, the connection is cut
+log = logging.getLogger("genre_tagger.serving")
+
+
+# %% The run being served
+
+
+@dataclass
+class ServedRun:
+    """Everything the service needs from a run, read once at start; the run folder is not needed afterwards."""
+
+    labels: list
+    thresholds: dict  # choice ("tuned", "tuned-global") -> thresholds as predict.py's thresholds_of returns them
+    saved_thresholds: dict  # thresholds.json as train.py wrote it
+    description: dict  # what GET /v1/model shows
+    tagger: object  # anything with .probabilities(texts, batch_size) -> (len(texts), len(labels)) array
+
+
+def load_served_run(path, variant=None, threads=0, spinning=False):
+    """Open a run (folder or zip) and load it on the ONNX backend.
+
+    The only place the service touches the run-loading code: when genre_tagger.runs gains a public loader
+    with integrity checks, switch to it here.
+    """
+    from genre_tagger.onnx_backend import OnnxTagger
+    from genre_tagger.runs import OpenRun, labels_of, read_json, thresholds_of
+
+    with OpenRun(path) as folder:
+        if not (folder / "onnx.json").exists():
+            raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
+        labels = labels_of(folder)
+        onnx_info = read_json(folder / "onnx.json")
+        if variant is not None and variant not in onnx_info["files"]:
+            raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
+        tagger = OnnxTagger(folder, variant=variant, threads=threads, spinning=spinning)
+        model_sha256 = _sha256_of(folder / onnx_info["files"][tagger.variant])
+        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
+        train_config = read_json(folder / "train_config.json")
+        saved_thresholds = read_json(folder / "thresholds.json")
+        thresholds = {choice: thresholds_of(folder, choice) for choice in ("tuned", "tuned-global")}
+    description = {
+        "run": str(path),
+        "base_model": train_config.get("base_model"),
+        "genres": len(labels),
+        "onnx_variant": tagger.variant,
+        "model_sha256": model_sha256,
+        "max_tokens": onnx_info.get("max_length"),
+        "metrics": {
+            split: {key: metrics[split][key] for key in METRIC_KEYS if key in metrics[split]}
+            for split in ("test", "test_tuned_global", "test_tuned_per_genre")
+            if isinstance(metrics.get(split), dict)
+        },
+        "settings": {key: train_config["settings"].get(key) for key in ("epochs", "lr", "batch_size", "seed")},
+    }
+    return ServedRun(labels, thresholds, saved_thresholds, description, tagger)
+
+
+def _sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# %% Requests and responses
+
+_THRESHOLD_HELP = (
+    "a number strictly between 0 and 1, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global'"
+)
+
+
+def _load_schemas(max_descriptions):
+    """Pydantic models for one server's limits (the limit on descriptions per request is a setting)."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class TagRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            strict=True,
+            json_schema_extra={"examples": [{"descriptions": ["A retired hitman seeks revenge."], "threshold": 0.3}]},
+        )
+
+        descriptions: Annotated[list[str], Field(min_length=1, max_length=max_descriptions)] = Field(
+            description=f"1 to {max_descriptions} movie plot descriptions; longer ones are tagged on their first tokens"
+        )
+        threshold: float | Literal["tuned", "tuned-global"] = Field(
+            DEFAULT_THRESHOLD, description=f"probability at which a genre is tagged: {_THRESHOLD_HELP}"
+        )
+        top_k: int | None = Field(None, ge=1, description="return at most K tagged genres per description")
+
+        @field_validator("descriptions", mode="before")
+        @classmethod
+        def _a_list(cls, value):
+            if isinstance(value, str):
+                raise ValueError('must be a list of strings, e.g. ["A detective hunts a killer."], not one string')
+            return value
+
+        @field_validator("descriptions")
+        @classmethod
+        def _not_blank(cls, value):
+            cleaned = [clean_text(text) for text in value]
+            blank = [i for i, text in enumerate(cleaned) if not text]
+            if blank:
+                raise ValueError(f"descriptions[{blank[0]}] is empty or whitespace; give some text to tag")
+            return cleaned
+
+        @field_validator("threshold", mode="before")
+        @classmethod
+        def _threshold(cls, value):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value in ("tuned", "tuned-global") or (number and 0 < value < 1):
+                return value
+            raise ValueError(f"must be {_THRESHOLD_HELP}, not {json.dumps(value)[:40]}")
+
+    class GenreScore(BaseModel):
+        genre: str
+        probability: float
+
+    class TagResult(BaseModel):
+        description: str = Field(description="the description as tagged (whitespace collapsed, as predict.py does)")
+        genres: list[GenreScore] = Field(description="genres at or above the threshold, highest first")
+        probabilities: dict[str, float] = Field(description="every genre's probability, in the model's order")
+
+    class TagResponse(BaseModel):
+        threshold: float | str
+        results: list[TagResult]
+
+    return TagRequest, TagResponse
+
+
+def result_record(text, row, genres, labels):
+    """One description's result, the same record as predict.py --json prints (4 decimals)."""
+    return {
+        "description": text,
+        "genres": [{"genre": g, "probability": round(p, 4)} for g, p in genres],
+        "probabilities": {label: round(float(p), 4) for label, p in zip(labels, row)},
+    }
+
+
+# %% Dynamic batching
+
+
+class ServerBusy(Exception):
+    """More descriptions wait than the server accepts; the client should retry later (HTTP 503)."""
+
+
+@dataclass
+class _Job:
+    texts: list
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Gathers concurrent requests into one forward pass, on a worker thread so the event loop stays free.
+
+    Whatever queued while the previous batch ran joins the next one; beyond that, a batch waits for more
+    only while other requests are on their way, and at most `wait_ms` after its first request arrived.
+    A batch holds at most `max_batch` descriptions (a single larger request runs alone) and runs in
+    length-sorted chunks of at most `batch_size` (see `_probabilities`). `max_batch=1` turns batching
+    off: one forward pass per request.
+    """
+
+    def __init__(self, tagger, max_batch=64, wait_ms=5.0, batch_size=32, max_waiting=2048):
+        self.tagger, self.max_batch, self.wait_s, self.batch_size = tagger, max_batch, wait_ms / 1000, batch_size
+        self.max_waiting = max_waiting
+        self._queue = queue.Queue()
+        self._waiting = 0
+        self.arriving = 0  # POST /v1/tag requests received whose descriptions are not queued yet
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self.stats = {"requests": 0, "descriptions": 0, "batches": 0, "largest_batch": 0}
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        """Finish what is queued, then end the worker thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    @property
+    def alive(self):
+        return self._thread.is_alive()
+
+    @property
+    def waiting(self):
+        """Descriptions received and not yet in a forward pass."""
+        return self._waiting
+
+    async def probabilities(self, texts, scope=None):
+        if scope is not None:
+            self.settled(scope)
+        with self._lock:
+            if self._waiting + len(texts) > self.max_waiting:
+                raise ServerBusy
+            self._waiting += len(texts)
+        loop = asyncio.get_running_loop()
+        job = _Job(list(texts), loop.create_future(), loop)
+        self._queue.put(job)
+        return await job.future
+
+    def _gather(self, first):
+        """The jobs of one batch, starting with `first`; returns (jobs, job left over for the next batch).
+
+        It waits for more only while requests are on their way (received, body not yet parsed), and at
+        most `wait_s` after `first` arrived: a lone client never waits.
+        """
+        jobs, size = [first], len(first.texts)
+        deadline = first.enqueued + self.wait_s
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining > 0 and self._queue.empty() and self.arriving > 0:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                if remaining > 0 and self.arriving > 0:
+                    continue
+                return jobs, None
+            if job is _STOP or size + len(job.texts) > self.max_batch:
+                return jobs, job
+            jobs.append(job)
+            size += len(job.texts)
+        return jobs, None
+
+    def _probabilities(self, texts, alone):
+        """One request alone runs exactly as predict.py runs it (so their numbers agree). Requests gathered
+        together are sorted by length and cut into chunks of similar length: random descriptions in one
+        chunk would pad most of them to the longest, and the padding costs more than batching saves."""
+        if alone:
+            return self.tagger.probabilities(texts, self.batch_size)
+        tokenizer = getattr(self.tagger, "tokenizer", None)
+        lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] if tokenizer else [len(t) for t in texts]
+        chunks, chunk = [], []
+        for i in sorted(range(len(texts)), key=lengths.__getitem__):
+            if chunk and (len(chunk) == self.batch_size or lengths[i] > LENGTH_RATIO * lengths[chunk[0]]):
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(i)
+        chunks.append(chunk)
+        outputs = [None] * len(texts)
+        for chunk in chunks:
+            for i, row in zip(chunk, self.tagger.probabilities([texts[i] for i in chunk], len(chunk))):
+                outputs[i] = row
+        return np.stack(outputs)
+
+    def arrived(self, scope):
+        """A POST /v1/tag request came in (its body is still to be read and checked)."""
+        with self._lock:
+            self.arriving += 1
+        scope["genre_tagger.arriving"] = True
+
+    def settled(self, scope):
+        """That request reached the queue, or ended before it (a bad request)."""
+        if scope.pop("genre_tagger.arriving", False):
+            with self._lock:
+                self.arriving -= 1
+
+    def _work(self):
+        leftover = None
+        while True:
+            first = leftover if leftover is not None else self._queue.get()
+            if first is _STOP:
+                return
+            jobs, leftover = self._gather(first)
+            texts = [text for job in jobs for text in job.texts]
+            with self._lock:
+                self._waiting -= len(texts)
+            try:
+                outcome = self._probabilities(texts, alone=len(jobs) == 1)
+            except Exception as err:  # reported to each waiting request as a 500, the server keeps serving
+                log.exception("inference failed on a batch of %d descriptions", len(texts))
+                outcome = err
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(jobs)
+            self.stats["descriptions"] += len(texts)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(texts))
+            start = 0
+            for job in jobs:
+                part = outcome if isinstance(outcome, Exception) else outcome[start : start + len(job.texts)]
+                start += len(job.texts)
+                job.loop.call_soon_threadsafe(_settle, job.future, part)
+
+
+def _settle(future, outcome):
+    if future.done():  # the client went away and its request was cancelled
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+# %% Body limits
+
+
+class BodyLimits:
+    """ASGI middleware for request bodies: over `max_bytes` gets 413 before the app reads any of it, and
+    a body that is not declared as JSON gets 415. It also tells the batcher that a tag request is on its way."""
+
+    def __init__(self, app, max_bytes, batcher):
+        self.app, self.max_bytes, self.batcher = app, max_bytes, batcher
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        if scope["path"] == f"/{API_VERSION}/tag":
+            self.batcher.arrived(scope)
+        try:
+            await self._limited(scope, receive, send)
+        finally:
+            self.batcher.settled(scope)
+
+    async def _limited(self, scope, receive, send):
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            shown = content_type.decode("latin-1")[:60]
+            await self._discard_body(receive, headers)
+            return await _error(send, 415, f"content-type must be application/json, not {shown!r}")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._discard_body(receive, headers)
+            return await self._too_large(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client disconnected
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._discard_body(receive, headers, more)
+                return await self._too_large(send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _discard_body(self, receive, headers, more=True):
+        """Read and drop a refused body (up to DISCARD_LIMIT) so that a client which sends all of its body
+        before reading the answer gets the 4xx instead of a broken pipe; larger ones are cut off."""
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > DISCARD_LIMIT:
+            return
+        read = 0
+        while more and read <= DISCARD_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            more = message.get("more_body", False)
+
+    async def _too_large(self, send):
+        message = f"request body is larger than {self.max_bytes} bytes; send fewer or shorter descriptions"
+        await _error(send, 413, message)
+
+
+async def _error(send, status, message):
+    """A JSON error sent before the app has read the body; the connection is closed after it."""
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# %% The app
+
+
+def _validation_message(errors):
+    """One line naming each problem, e.g. `descriptions[2]: Input should be a valid string`."""
+    parts = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        where = ""
+        for part in location:
+            if part.isdigit():
+                where += f"[{part}]"
+            elif not part.startswith(("function-", "literal[", "float", "int", "list[", "str", "none")):
+                where += f".{part}" if where else part
+        message = error.get("msg", "invalid").removeprefix("Value error, ")
+        if error.get("type") == "json_invalid":
+            parts.append('body is not valid JSON; send a JSON object like {"descriptions": ["A detective ..."]}')
+        elif error.get("type") == "missing" and not where:
+            parts.append('body is missing; send a JSON object like {"descriptions": ["A detective ..."]}')
+        elif error.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {where!r}; the fields are descriptions, threshold, top_k")
+        elif error.get("type") == "model_attributes_type":
+            parts.append('body must be a JSON object like {"descriptions": ["A detective ..."]}')
+        elif error.get("type") == "too_short" and where == "descriptions":
+            parts.append("descriptions is empty; give at least one description to tag")
+        elif error.get("type") == "too_long":
+            limit, actual = error["ctx"]["max_length"], error["ctx"].get("actual_length")
+            parts.append(f"{where}: at most {limit} per request, got {actual}; split them over several requests")
+        elif not where or message.startswith(where):
+            parts.append(message)
+        else:
+            parts.append(f"{where}: {message}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descriptions=64, max_body_bytes=1 << 20):
+    """The FastAPI app serving `run` (a ServedRun)."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+    from starlette.exceptions import HTTPException
+
+    TagRequest, TagResponse = _load_schemas(max_descriptions)
+    batcher = Batcher(run.tagger, max_batch=max_batch, wait_ms=batch_wait_ms, batch_size=batch_size)
+    settings = {
+        "max_batch": max_batch,
+        "batch_wait_ms": batch_wait_ms,
+        "batch_size": batch_size,
+        "max_descriptions_per_request": max_descriptions,
+        "max_body_bytes": max_body_bytes,
+    }
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        batcher.stop()  # uvicorn calls this after in-flight requests have finished
+
+    app = FastAPIOffline(
+        title="genre-tagger",
+        version=API_VERSION,
+        description="Tags movie plot descriptions with every genre that fits. `POST /v1/tag` is the API; `/` is a page to try it.",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.batcher = batcher
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request, exc):
+        return JSONResponse({"error": _validation_message(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc):
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404:
+            message = f"no such page: {request.url.path}; the API is under /v1 (see /docs)"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error while tagging; the server log has the details"}, status_code=500)
+
+    @app.post(f"/{API_VERSION}/tag", response_model=TagResponse, summary="Tag descriptions with genres")
+    async def tag(body: TagRequest, request: Request):
+        """Per description: the genres at or above the threshold (highest first) and every genre's probability."""
+        thresholds = run.thresholds.get(body.threshold, body.threshold)
+        try:
+            probabilities = await batcher.probabilities(body.descriptions, request.scope)
+        except ServerBusy:
+            return JSONResponse({"error": "server busy: too many descriptions waiting; retry shortly"}, 503)
+        decoded = decode(probabilities, run.labels, thresholds, body.top_k)
+        results = [
+            result_record(text, row, genres, run.labels)
+            for text, row, genres in zip(body.descriptions, probabilities, decoded)
+        ]
+        return JSONResponse({"threshold": body.threshold, "results": results})
+
+    @app.get(f"/{API_VERSION}/genres", summary="The genres the model tags, in its output order")
+    async def genres():
+        return {"genres": run.labels}
+
+    @app.get(f"/{API_VERSION}/model", summary="The run being served: base model, metrics, thresholds, version")
+    async def model():
+        return {
+            "api_version": API_VERSION,
+            **run.description,
+            "thresholds": run.saved_thresholds,
+            "serving": settings,
+        }
+
+    @app.get(f"/{API_VERSION}/stats", summary="Requests, descriptions and batches served so far")
+    async def stats():
+        return {**batcher.stats, "waiting": batcher.waiting, "arriving": batcher.arriving}
+
+    @app.get("/healthz", summary="Alive: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready: the model is loaded and the batcher runs")
+    async def readyz():
+        if not batcher.alive:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready", "model": run.description["model_sha256"][:12]}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_FOLDER / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_FOLDER), name="static")
+    return BodyLimits(app, max_body_bytes, batcher)

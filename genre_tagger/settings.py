@@ -1,0 +1,123 @@
+"""Validation of train.py's and predict.py's settings before any work starts: one line naming the allowed range.
+
+Pure functions of the parsed arguments (and the machine's core count), so they are tested and fuzzed
+without running either script.
+"""
+
+import math
+import os
+from pathlib import Path
+
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_TOKENS = 512  # the position limit of BERT-family encoders
+MAX_PREDICT_BATCH = 4096
+
+
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _in(value, low, high, low_open=False, high_open=False):
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+
+
+def _first_problem(checks):
+    return next((message for ok, message in checks if not ok), None)
+
+
+def train_settings_problem(args, cores=None):
+    """What is wrong with train.py's numeric settings, or None. Row-count checks come after loading the data."""
+    cores = cores or available_cores()
+    return _first_problem(
+        [
+            (_in(args.epochs, 1, 10_000), f"--epochs must be between 1 and 10000, not {args.epochs}"),
+            (_in(args.batch_size, 1, 65_536), f"--batch-size must be between 1 and 65536, not {args.batch_size}"),
+            (
+                _in(args.max_length, 1, MAX_TOKENS),
+                f"--max-length must be between 1 and {MAX_TOKENS} tokens, not {args.max_length}",
+            ),
+            (_in(args.patience, 1, 10_000), f"--patience must be between 1 and 10000, not {args.patience}"),
+            (_in(args.grad_accum, 1, 10_000), f"--grad-accum must be between 1 and 10000, not {args.grad_accum}"),
+            (_in(args.limit, 0, 10**9), f"--limit must be 0 (all rows) or a positive row count, not {args.limit}"),
+            (_in(args.dropout, 0, 1, high_open=True), f"--dropout must be in [0, 1), not {args.dropout}"),
+            (_in(args.lr, 0, 1, low_open=True), f"--lr must be in (0, 1], not {args.lr}"),
+            (_in(args.head_lr, 0, 1), f"--head-lr must be in [0, 1] (0 = same as --lr), not {args.head_lr}"),
+            (_in(args.layer_decay, 0, 1, low_open=True), f"--layer-decay must be in (0, 1], not {args.layer_decay}"),
+            (_in(args.weight_decay, 0, 1), f"--weight-decay must be in [0, 1], not {args.weight_decay}"),
+            (
+                _in(args.warmup_ratio, 0, 1, high_open=True),
+                f"--warmup-ratio must be in [0, 1), not {args.warmup_ratio}",
+            ),
+            (
+                _in(args.val_fraction, 0, 0.5, True, True) and _in(args.test_fraction, 0, 0.5, True, True),
+                "--val-fraction and --test-fraction must be between 0 and 0.5 (exclusive)",
+            ),
+            (
+                _in(args.threshold, 0, 1, True, True),
+                f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}",
+            ),
+            (
+                args.folds == 0 or _in(args.folds, 2, 20),
+                f"--folds must be 0 (off) or between 2 and 20, not {args.folds}",
+            ),
+            (_in(args.seed, 0, MAX_SEED), f"--seed must be between 0 and {MAX_SEED}, not {args.seed}"),
+            (
+                _in(args.save_steps, 0, 10**9),
+                f"--save-steps must be 0 (every epoch) or a positive step count, not {args.save_steps}",
+            ),
+            (
+                _in(args.save_total_limit, 1, 1000),
+                f"--save-total-limit must be between 1 and 1000, not {args.save_total_limit}",
+            ),
+            (
+                _in(args.threads, 0, cores),
+                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
+            ),
+            (
+                bool(args.text_column.strip()) and bool(args.label_column.strip()),
+                "--text-column and --label-column must name a column",
+            ),
+            (Path(args.output).name not in ("", ".", ".."), f"--output must name a run folder, not {args.output!r}"),
+        ]
+    )
+
+
+def split_problem(rows, val_fraction, test_fraction, separate_test_file):
+    """Why these fractions would leave a split (train, validation or test) without rows, or None."""
+    held_out_test = 0 if separate_test_file else rows * test_fraction
+    rest = rows - held_out_test
+    val = rest * (val_fraction if separate_test_file else val_fraction / (1 - test_fraction))
+    if (not separate_test_file and held_out_test < 1) or val < 1 or rest - val < 2:
+        smallest = 1 / rows
+        return (
+            f"with {rows} rows, --val-fraction {val_fraction} and --test-fraction {test_fraction} leave a split "
+            f"without rows; use fractions of at least {smallest:.3g} (or more rows)"
+        )
+    return None
+
+
+def predict_settings_problem(args, cores=None):
+    """What is wrong with predict.py's arguments, or None."""
+    cores = cores or available_cores()
+    return _first_problem(
+        [
+            (
+                bool(args.descriptions or args.input),
+                'give a description to tag, e.g. python predict.py "A detective hunts a serial killer.", or --input FILE',
+            ),
+            (not (args.descriptions and args.input), "give descriptions or --input, not both"),
+            (not args.output or bool(args.input), "--output goes with --input"),
+            (args.input_format == "auto" or bool(args.input), "--input-format goes with --input"),
+            (args.top_k is None or _in(args.top_k, 1, 10**6), f"--top-k must be at least 1, not {args.top_k}"),
+            (
+                _in(args.batch_size, 1, MAX_PREDICT_BATCH),
+                f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, not {args.batch_size}",
+            ),
+            (
+                _in(args.threads, 0, cores),
+                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
+            ),
+        ]
+    )

@@ -1,0 +1,130 @@
+"""One way to load a run in Python: `load_tagger(path)` opens a run folder or its zip and tags descriptions.
+
+    from genre_tagger import load_tagger
+
+    tagger = load_tagger("models/genre-classifier.zip")          # backend="auto": ONNX when the run has it
+    tagger.tag(["A retired hitman seeks revenge on the gangsters who killed his dog."])
+    # [[('Crime', p), ('Drama', p), ...]]: genres at or above 0.3, highest first
+    tagger.probabilities(texts)                                 # array (len(texts), len(tagger.labels))
+
+The ONNX backend runs on onnxruntime + tokenizers and never imports torch or transformers; the torch
+backend loads the run's PreTrainedModel. Labels come from the run's config.json (`id2label`); nothing
+is unpickled to predict (binarizer.joblib stays in the run for whoever wants the fitted binarizer).
+predict.py uses `open_tagger` from here.
+"""
+
+from pathlib import Path
+
+from genre_tagger import UserError
+from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
+from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, note, read_run_json
+
+BACKENDS = ("auto", "onnx", "torch")
+
+
+class TorchTagger:
+    """PyTorch backend: the run's own loader, for runs without an ONNX export or on request.
+
+    Labels come from config.json; binarizer.joblib (a pickle) is never loaded here.
+    """
+
+    def __init__(self, folder, threads=0, origin=None):
+        import torch
+
+        from genre_tagger.modeling import load_classifier
+        from genre_tagger.onnx_backend import load_tokenizer
+        from genre_tagger.runs import verify_files
+
+        if threads:
+            torch.set_num_threads(threads)
+        origin = origin or folder
+        verify_files(folder, ["model.safetensors"], origin)
+        self.max_length = read_run_json(folder, "train_config.json", origin).get("settings", {}).get("max_length")
+        if not isinstance(self.max_length, int) or self.max_length < 1:
+            raise UserError(f"{origin}: train_config.json has no max_length setting; re-create the run with train.py")
+        self.check_tokenizer = load_tokenizer(folder, self.max_length, origin)
+        try:
+            self.model, self.tokenizer = load_classifier(folder)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise UserError(f"{origin}: the PyTorch model cannot be loaded ({first}); re-create the run") from None
+        if self.model.classifier.out_features != len(labels_of(folder, origin)):
+            raise UserError(f"{origin}: the model's outputs do not match the genres in config.json; re-create the run")
+
+    def unknown_token_shares(self, texts):
+        from genre_tagger.onnx_backend import unknown_token_shares
+
+        return unknown_token_shares(self.check_tokenizer, texts)
+
+    def probabilities(self, texts, batch_size=32):
+        from genre_tagger.modeling import predict_probabilities
+
+        return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
+
+
+def open_tagger(folder, backend, variant, threads, origin=None):
+    """The backend that computes probabilities for an opened run folder (predict.py's entry point)."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    has_onnx = (Path(folder) / "onnx.json").exists()
+    if backend == "onnx" and not has_onnx:
+        raise UserError(f"{origin or folder} has no ONNX export; run: python -m genre_tagger.export RUN_FOLDER")
+    if backend == "onnx" or (backend == "auto" and has_onnx):
+        from genre_tagger.onnx_backend import OnnxTagger
+
+        return OnnxTagger(folder, variant=variant, threads=threads, origin=origin)
+    if backend == "auto":
+        note(
+            f"{origin or folder} has no ONNX export, so the PyTorch backend runs (slower to start); "
+            "add one with python -m genre_tagger.export RUN_FOLDER"
+        )
+    return TorchTagger(folder, threads=threads, origin=origin)
+
+
+class Tagger:
+    """A loaded run: `.labels`, `.probabilities(texts)` and `.tag(texts, threshold=...)`."""
+
+    def __init__(self, backend, labels, saved_thresholds, source):
+        self._backend = backend
+        self.labels = labels
+        self.backend = "torch" if isinstance(backend, TorchTagger) else "onnx"
+        self.saved_thresholds = saved_thresholds
+        self.source = source
+
+    def __repr__(self):
+        return f"Tagger({str(self.source)!r}, backend={self.backend!r}, {len(self.labels)} genres)"
+
+    def probabilities(self, texts, batch_size=32):
+        """Probability of every genre (columns in `.labels` order) for each text; a str counts as one text."""
+        return self._backend.probabilities([texts] if isinstance(texts, str) else list(texts), batch_size)
+
+    def thresholds(self, threshold=DEFAULT_THRESHOLD):
+        """A number in (0, 1), 'tuned' (per genre, tuned on validation by train.py) or 'tuned-global'."""
+        if threshold == "tuned":
+            return [self.saved_thresholds["per_label"][label] for label in self.labels]
+        if threshold == "tuned-global":
+            return self.saved_thresholds["global"]
+        if isinstance(threshold, str) or not 0 < float(threshold) < 1:
+            raise ValueError(f"threshold must be a number in (0, 1), 'tuned' or 'tuned-global', not {threshold!r}")
+        return float(threshold)
+
+    def tag(self, texts, threshold=DEFAULT_THRESHOLD, top_k=None, batch_size=32):
+        """For each text, [(genre, probability), ...] at or above the threshold, highest first (at most `top_k`)."""
+        thresholds = self.thresholds(threshold)
+        return decode(self.probabilities(texts, batch_size), self.labels, thresholds, top_k)
+
+
+def load_tagger(path=DEFAULT_RUN, backend="auto", variant=None, threads=0):
+    """Open a run folder or its .zip written by train.py and return a `Tagger`.
+
+    backend: "auto" (ONNX when the run has an export, else torch), "onnx" or "torch". variant: the ONNX
+    file, "int8" or "fp32" (default: the one train.py chose). threads: CPU threads (0 = all cores).
+    A zip is extracted to a temporary folder that is gone once the model is loaded.
+    """
+    opened = OpenRun(path)
+    with opened as folder:
+        labels = labels_of(folder)
+        saved_thresholds = read_run_json(folder, "thresholds.json")
+        return Tagger(
+            open_tagger(folder, backend, variant, threads, opened.origin), labels, saved_thresholds, Path(path)
+        )

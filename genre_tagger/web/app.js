@@ -1,0 +1,142 @@
+// The page at /: sends the description to POST /v1/tag once, then re-marks the bars locally when the
+// threshold slider moves (every genre's probability is in the response).
+"use strict";
+
+const form = document.getElementById("tag-form");
+const text = document.getElementById("description");
+const example = document.getElementById("example");
+const submit = document.getElementById("submit");
+const errorBox = document.getElementById("error");
+const result = document.getElementById("result");
+const bars = document.getElementById("bars");
+const slider = document.getElementById("threshold");
+const sliderValue = document.getElementById("threshold-value");
+const summary = document.getElementById("summary");
+
+let probabilities = null; // [[genre, probability], ...] highest first
+
+function showError(message) {
+  errorBox.textContent = message;
+  errorBox.hidden = false;
+}
+
+function clearError() {
+  errorBox.hidden = true;
+  errorBox.textContent = "";
+}
+
+function render() {
+  bars.replaceChildren();
+  for (const [genre, p] of probabilities) {
+    const item = document.createElement("li");
+    item.className = "genre";
+    item.dataset.genre = genre;
+    item.dataset.probability = String(p);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = genre;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.setAttribute("role", "img");
+    track.setAttribute("aria-label", `${genre}: probability ${p.toFixed(2)}`);
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    fill.style.display = "block";
+    fill.style.width = `${(p * 100).toFixed(1)}%`;
+    const cut = document.createElement("span");
+    cut.className = "cut";
+    track.append(fill, cut);
+    const value = document.createElement("span");
+    value.className = "prob";
+    value.textContent = p.toFixed(2);
+    item.append(name, track, value);
+    bars.append(item);
+  }
+  mark();
+}
+
+function mark() {
+  const threshold = Number(slider.value);
+  sliderValue.textContent = threshold.toFixed(2);
+  if (!probabilities) return;
+  const tagged = [];
+  for (const item of bars.children) {
+    const isTagged = Number(item.dataset.probability) >= threshold;
+    item.classList.toggle("tagged", isTagged);
+    item.querySelector(".cut").style.left = `${(threshold * 100).toFixed(1)}%`;
+    if (isTagged) tagged.push(item.dataset.genre);
+  }
+  summary.textContent = tagged.length
+    ? `Tagged at ${threshold.toFixed(2)}: ${tagged.join(", ")}`
+    : `No genre at or above ${threshold.toFixed(2)}; the most likely is ${probabilities[0][0]}.`;
+}
+
+async function tag() {
+  clearError();
+  const description = text.value.trim();
+  if (!description) {
+    showError("Type or paste a plot description first.");
+    text.focus();
+    return;
+  }
+  submit.disabled = true;
+  submit.textContent = "Tagging…";
+  try {
+    const response = await fetch("/v1/tag", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ descriptions: [description] }),
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (!response.ok) {
+      const reason = body && body.error ? body.error : response.statusText;
+      showError(`The server could not tag this (${response.status}): ${reason}`);
+      return;
+    }
+    probabilities = Object.entries(body.results[0].probabilities).sort((a, b) => b[1] - a[1]);
+    result.hidden = false;
+    render();
+  } catch (err) {
+    showError(`Could not reach the server (${err.message}). Is serve.py still running?`);
+  } finally {
+    submit.disabled = false;
+    submit.textContent = "Tag genres";
+  }
+}
+
+async function describeModel() {
+  try {
+    const response = await fetch("/v1/model");
+    if (!response.ok) return;
+    const model = await response.json();
+    const f1 = model.metrics && model.metrics.test ? `, test macro-F1 ${model.metrics.test.macro_f1.toFixed(3)}` : "";
+    document.getElementById("model-line").textContent =
+      `Tags a movie's plot description with every genre that fits. Model: ${model.base_model} (${model.genres} genres${f1}).`;
+  } catch {
+    // the line keeps its generic text
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  tag();
+});
+text.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    event.preventDefault();
+    tag();
+  }
+});
+example.addEventListener("change", () => {
+  if (example.value) {
+    text.value = example.value;
+    tag();
+  }
+});
+slider.addEventListener("input", mark);
+describeModel();

@@ -1,0 +1,128 @@
+"""Property-based fuzzing (hypothesis) of the input readers and the settings validation, bounded in time."""
+
+import argparse
+import io
+import unicodedata
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from genre_tagger import UserError, runs
+from genre_tagger.data import csv_rows
+from genre_tagger.settings import MAX_SEED, predict_settings_problem, train_settings_problem
+
+BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CSV_ALPHABET = st.sampled_from(list('abc ,"\n\r\t\x00é🎬=+-'))
+
+
+@BOUNDED
+@given(st.text(alphabet=CSV_ALPHABET, max_size=200))
+def test_csv_reader_yields_whole_rows_or_one_clean_error(text):
+    try:
+        rows = list(csv_rows(io.StringIO(text, newline=""), "fuzz.csv"))
+    except UserError as err:
+        assert "fuzz.csv" in str(err) and "\n" not in str(err).strip()
+        return
+    _, header = rows[0]
+    numbers = [number for number, _ in rows]
+    assert numbers == sorted(set(numbers))
+    for _, fields in rows[1:]:
+        assert len(fields) == len(header)
+        assert not any("\x00" in field for field in fields)
+
+
+@BOUNDED
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30), max_size=5))
+def test_well_formed_csv_round_trips(cells):
+    import csv
+
+    header = [f"c{i}" for i in range(len(cells))] or ["only"]
+    row = cells or ["x"]
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows([header, row])
+    buffer.seek(0)
+    try:
+        rows = list(csv_rows(buffer, "t.csv"))
+    except UserError as err:
+        # Refused only for NUL bytes or a field whose inner lines look like whole rows.
+        assert any("\x00" in c for c in row) or any("\n" in c or "\r" in c for c in row), err
+        return
+    if any(field.strip() for field in row) or len(row) > 1:
+        assert [fields for _, fields in rows[1:]] in ([row], [])
+
+
+def _namespace(**values):
+    defaults = dict(
+        epochs=1, grad_accum=1, batch_size=16, max_length=128, patience=3, limit=0, dropout=0.1, lr=1e-4, head_lr=2e-3,
+        layer_decay=1.0, weight_decay=0.01, warmup_ratio=0.1, val_fraction=0.1, test_fraction=0.1, threshold=0.3,
+        folds=0, seed=42, save_steps=0, save_total_limit=2, threads=0, text_column="Description",
+        label_column="Genre", output="models/run",
+    )  # fmt: skip
+    return argparse.Namespace(**{**defaults, **values})
+
+
+NUMBERS = st.one_of(
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@BOUNDED
+@given(
+    name=st.sampled_from(
+        [
+            "epochs",
+            "batch_size",
+            "max_length",
+            "patience",
+            "limit",
+            "dropout",
+            "lr",
+            "head_lr",
+            "layer_decay",
+            "weight_decay",
+            "warmup_ratio",
+            "val_fraction",
+            "test_fraction",
+            "threshold",
+            "folds",
+            "seed",
+            "save_steps",
+            "save_total_limit",
+            "threads",
+        ]
+    ),  # fmt: skip
+    value=NUMBERS,
+)
+def test_train_settings_accept_only_their_ranges(name, value):
+    problem = train_settings_problem(_namespace(**{name: value}), cores=2)
+    flag = "--" + name.replace("_", "-")
+    if problem is None:
+        assert value == value and abs(value) != float("inf")  # no NaN or infinity gets through
+        ranges = {"threads": (0, 2), "seed": (0, MAX_SEED), "dropout": (0, 1), "lr": (0, 1), "threshold": (0, 1)}
+        low, high = ranges.get(name, (0, float("inf")))
+        assert low <= value <= high
+    else:
+        assert problem.startswith(flag) or flag in problem
+        assert "\n" not in problem
+
+
+@BOUNDED
+@given(batch_size=NUMBERS, threads=NUMBERS, top_k=st.one_of(st.none(), st.integers(-5, 5)))
+def test_predict_settings_accept_only_their_ranges(batch_size, threads, top_k):
+    args = argparse.Namespace(
+        descriptions=["a plot"], input=None, output=None, input_format="auto", top_k=top_k,
+        batch_size=batch_size, threads=threads,
+    )  # fmt: skip
+    problem = predict_settings_problem(args, cores=2)
+    if problem is None:
+        assert 1 <= batch_size <= 4096 and 0 <= threads <= 2 and (top_k is None or top_k >= 1)
+
+
+@BOUNDED
+@given(st.text(max_size=100))
+def test_printable_leaves_no_control_characters(text):
+    shown = runs.printable(text)
+    assert not any(unicodedata.category(ch) == "Cc" for ch in shown)
+    if text.isprintable():
+        assert shown == text
