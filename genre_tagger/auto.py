@@ -14,12 +14,17 @@ import sys
 
 def register():
     """Make AutoConfig and AutoModelForSequenceClassification know the genre-tagger model type."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     from genre_tagger.hf_classifier import MODEL_TYPE, GenreTaggerConfig, GenreTaggerForSequenceClassification
+    from genre_tagger.hf_ensemble import ENSEMBLE_MODEL_TYPE, GenreTaggerEnsembleConfig, GenreTaggerEnsembleRefusal
 
     AutoConfig.register(MODEL_TYPE, GenreTaggerConfig, exist_ok=True)
     AutoModelForSequenceClassification.register(GenreTaggerConfig, GenreTaggerForSequenceClassification, exist_ok=True)
+    # An ensemble folder has no single model: loading one through the auto classes raises a clear error.
+    AutoConfig.register(ENSEMBLE_MODEL_TYPE, GenreTaggerEnsembleConfig, exist_ok=True)
+    for auto_class in (AutoModel, AutoModelForSequenceClassification):
+        auto_class.register(GenreTaggerEnsembleConfig, GenreTaggerEnsembleRefusal, exist_ok=True)
 
 
 class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):

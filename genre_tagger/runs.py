@@ -14,6 +14,9 @@ Layout of a run folder:
     plots/*.png          pictures of the evaluation
     manifest.json        sha256 and size of every other file: opening a run checks it
 
+An ensemble run (`python -m genre_tagger.ensemble`) has ensemble.json instead of model.safetensors and
+its members' prediction files in members/<i>/, each member with its own manifest.json.
+
 Nothing in a run is ever executed or unpickled by this project's code (docs/SECURITY.md).
 """
 
@@ -35,6 +38,9 @@ from genre_tagger import UserError
 DEFAULT_RUN = Path("models/genre-classifier")
 REQUIRED_FILES = ("config.json", "model.safetensors", "thresholds.json", "train_config.json")
 MANIFEST = "manifest.json"
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_MODEL_TYPE = "genre_tagger_ensemble"  # config.json's model_type in an ensemble run
+ENSEMBLE_REQUIRED_FILES = ("config.json", ENSEMBLE_FILE, "thresholds.json", "train_config.json")
 # Files a backend reads in full when it needs them: hashed then, not on every open (they are large).
 LARGE_FILES = ("model.safetensors", "model.onnx", "model.int8.onnx", "binarizer.joblib")
 # What train.py writes into a run (besides plots/*.png); a folder holding anything else is not replaced.
@@ -42,6 +48,7 @@ RUN_FILE_NAMES = {
     *REQUIRED_FILES,
     *LARGE_FILES,
     MANIFEST,
+    ENSEMBLE_FILE,
     "onnx.json",
     "metrics.json",
     "per_genre.csv",
@@ -220,7 +227,8 @@ def verify_manifest(folder, origin=None):
     if not (folder / MANIFEST).exists():
         return False
     for name, entry in _manifest_of(folder, origin).items():
-        _verify_one(folder, name, entry, origin, full=name not in LARGE_FILES)
+        # By file name, so an ensemble's members/<i>/model.onnx is hashed by its member's check, not twice.
+        _verify_one(folder, name, entry, origin, full=PurePosixPath(name).name not in LARGE_FILES)
     return True
 
 
@@ -268,7 +276,7 @@ def zip_replace_problem(zip_path):
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, EOFError):
         return f"{zip_path} exists and is not a run zip"
-    if not set(REQUIRED_FILES) <= names:
+    if not (set(REQUIRED_FILES) <= names or set(ENSEMBLE_REQUIRED_FILES) <= names):
         return f"{zip_path} exists and is not a run zip written by train.py"
     return None
 
@@ -382,9 +390,14 @@ def safe_extract(zip_path, target):
     return target
 
 
+def is_ensemble(folder):
+    return (Path(folder) / ENSEMBLE_FILE).is_file()
+
+
 def check_run_folder(folder, origin=None):
     origin = origin or folder
-    missing = [name for name in REQUIRED_FILES if not (Path(folder) / name).exists()]
+    required = ENSEMBLE_REQUIRED_FILES if is_ensemble(folder) else REQUIRED_FILES
+    missing = [name for name in required if not (Path(folder) / name).exists()]
     if missing:
         raise UserError(
             f"{origin} is not a genre-tagger run (missing {', '.join(missing)}); "

@@ -10,14 +10,28 @@
 The ONNX backend runs on onnxruntime + tokenizers and never imports torch or transformers; the torch
 backend loads the run's PreTrainedModel. Labels come from the run's config.json (`id2label`); nothing
 is unpickled to predict (binarizer.joblib stays in the run for whoever wants the fitted binarizer).
-predict.py uses `open_tagger` from here.
+predict.py uses `open_tagger` from here. An ensemble run (`python -m genre_tagger.ensemble`) opens as
+an `EnsembleTagger`: each member on its own ONNX export, their probabilities averaged.
 """
 
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath
+
+import numpy as np
 
 from genre_tagger import UserError
 from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
-from genre_tagger.runs import DEFAULT_RUN, OpenRun, labels_of, note, read_run_json
+from genre_tagger.runs import (
+    DEFAULT_RUN,
+    ENSEMBLE_FILE,
+    OpenRun,
+    check_consistency,
+    is_ensemble,
+    labels_of,
+    note,
+    read_run_json,
+    verify_manifest,
+)
 
 BACKENDS = ("auto", "onnx", "torch")
 
@@ -62,10 +76,74 @@ class TorchTagger:
         return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
 
 
+def ensemble_members(folder, origin=None):
+    """[(member folder, weight)] from an ensemble's ensemble.json, checked: inside the run, weights positive."""
+    origin = origin or folder
+    spec = read_run_json(folder, ENSEMBLE_FILE, origin)
+    members = spec.get("members")
+    if not isinstance(members, list) or len(members) < 2:
+        raise UserError(
+            f"{origin}: {ENSEMBLE_FILE} lists no members; re-create it with python -m genre_tagger.ensemble"
+        )
+    found = []
+    for member in members:
+        where = member.get("folder") if isinstance(member, dict) else None
+        weight = member.get("weight") if isinstance(member, dict) else None
+        parts = PurePosixPath(where).parts if isinstance(where, str) else ()
+        if len(parts) != 2 or parts[0] != "members" or not parts[1].isdigit():
+            raise UserError(f"{origin}: {ENSEMBLE_FILE} names a member outside members/; refusing it")
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
+            raise UserError(f"{origin}: {ENSEMBLE_FILE} gives a member a weight that is not a positive number")
+        found.append((Path(folder) / where, float(weight)))
+    return found
+
+
+class EnsembleTagger:
+    """Weighted mean of the members' probabilities; each member is opened like a run, manifest checks included."""
+
+    def __init__(self, folder, backend="auto", variant=None, threads=0, origin=None, spinning=True):
+        from genre_tagger.onnx_backend import OnnxTagger
+
+        origin = origin or folder
+        if backend == "torch" or variant is not None:
+            raise UserError(
+                f"{origin} is an ensemble: it runs each member's default ONNX model; drop --backend torch / --onnx-variant"
+            )
+        self.labels = labels_of(folder, origin)
+        self.members, weights = [], []
+        for member, weight in ensemble_members(folder, origin):
+            where = f"{origin} ({member.parent.name}/{member.name})"
+            if not verify_manifest(member, where):
+                raise UserError(
+                    f"{where} has no manifest.json; re-create the ensemble with python -m genre_tagger.ensemble"
+                )
+            if check_consistency(member, where) != self.labels:
+                raise UserError(f"{where} tags other genres than the ensemble; re-create the ensemble")
+            if not (member / "onnx.json").is_file():
+                raise UserError(f"{where} has no ONNX export; re-create the ensemble")
+            self.members.append(OnnxTagger(member, threads=threads, origin=where, spinning=spinning))
+            weights.append(weight)
+        self.weights = np.array(weights) / sum(weights)
+        self.variant = "+".join(m.variant for m in self.members)
+        self.max_length = max(m.tokenizer.truncation["max_length"] for m in self.members)
+
+    def unknown_token_shares(self, texts):
+        # The members' vocabularies differ: warn when any of them sees mostly unknown tokens.
+        return np.max([m.unknown_token_shares(texts) for m in self.members], axis=0)
+
+    def probabilities(self, texts, batch_size=32):
+        texts = list(texts)
+        return sum(w * m.probabilities(texts, batch_size) for w, m in zip(self.weights, self.members)).astype(
+            np.float32
+        )
+
+
 def open_tagger(folder, backend, variant, threads, origin=None):
     """The backend that computes probabilities for an opened run folder (predict.py's entry point)."""
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if is_ensemble(folder):
+        return EnsembleTagger(folder, backend, variant, threads, origin)
     has_onnx = (Path(folder) / "onnx.json").exists()
     if backend == "onnx" and not has_onnx:
         raise UserError(f"{origin or folder} has no ONNX export; run: python -m genre_tagger.export RUN_FOLDER")
@@ -87,7 +165,7 @@ class Tagger:
     def __init__(self, backend, labels, saved_thresholds, source):
         self._backend = backend
         self.labels = labels
-        self.backend = "torch" if isinstance(backend, TorchTagger) else "onnx"
+        self.backend = {TorchTagger: "torch", EnsembleTagger: "ensemble"}.get(type(backend), "onnx")
         self.saved_thresholds = saved_thresholds
         self.source = source
 

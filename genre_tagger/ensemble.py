@@ -1,0 +1,270 @@
+"""Average the probabilities of several runs trained on the same split, saved as one run:
+
+python -m genre_tagger.ensemble models/mpnet-frozen models/genre-classifier --output models/ensemble
+
+The members must tag the same genres in the same order and must have been trained on exactly the same
+split (identical split.csv rows): a member that trained on another member's test rows would make the
+ensemble's test score dishonest. The new run folder holds, for each member, only what predicting
+needs (members/<i>/: config.json, tokenizer.json, thresholds.json, train_config.json, onnx.json and the
+member's default ONNX model, with their own manifest.json), ensemble.json (members and weights), the
+labels (config.json), thresholds.json (default 0.3; the tuned ones come from the members' shared
+validation rows, never the test rows), metrics.json (the shared test rows, scored from the averaged
+probabilities predict.py computes), the shared split.csv, manifest.json, and a zip beside it.
+predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto classes refuse it.
+"""
+
+import argparse
+import math
+import platform
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_tagger import UserError
+from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
+from genre_tagger.runs import (
+    ENSEMBLE_FILE,
+    ENSEMBLE_MODEL_TYPE,
+    OpenRun,
+    is_ensemble,
+    labels_of,
+    printable,
+    publish_folder,
+    read_run_json,
+    replace_problem,
+    staging_folder,
+    verify_files,
+    write_json,
+    write_manifest,
+    zip_folder,
+    zip_path_of,
+    zip_replace_problem,
+)
+
+MEMBER_FILES = ("config.json", "tokenizer.json", "thresholds.json", "train_config.json")
+SPLIT_COLUMNS = ["split", "labels", "text"]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Average the probabilities of runs trained on the same split; save the ensemble as one run.",
+        epilog="predict.py --model NAME (or NAME.zip) then runs every member on its ONNX export and averages.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders or .zip files written by train.py")
+    p.add_argument("--output", required=True, help="ensemble run folder to write; a .zip of it is written beside")
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        default=None,
+        help="one positive weight per run, in the same order; normalised to sum to 1 (default: equal weights)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="default probability at which a genre is tagged, 0-1 exclusive (default: %(default)s)",
+    )
+    return p
+
+
+def settings_problem(args):
+    if len(args.runs) < 2:
+        return "give at least two runs to average"
+    if args.weights is not None and len(args.weights) != len(args.runs):
+        return f"--weights needs one weight per run ({len(args.runs)}), not {len(args.weights)}"
+    if args.weights is not None and not all(math.isfinite(w) and 0 < w <= 1e6 for w in args.weights):
+        return "--weights must be positive numbers (up to 1e6)"
+    if not (math.isfinite(args.threshold) and 0 < args.threshold < 1):
+        return f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}"
+    output = Path(args.output)
+    if output.name in ("", ".", ".."):
+        return f"--output must name a run folder, not {args.output!r}"
+    if any(Path(run).resolve() in (output.resolve(), zip_path_of(output).resolve()) for run in args.runs):
+        return "--output must not be one of the runs being averaged"
+    if problem := replace_problem(output):
+        return f"--output: {problem}; choose another folder so nothing of yours is replaced"
+    if problem := zip_replace_problem(zip_path_of(output)):
+        return f"--output: {problem}; move it or choose another --output so it is not overwritten"
+    return None
+
+
+def split_rows(folder, origin):
+    """The run's split.csv as a sorted frame of (split, labels, text): what must be identical across members."""
+    if not (folder / "split.csv").is_file():
+        raise UserError(
+            f"{origin} has no split.csv, so its training rows cannot be checked; re-create it with train.py"
+        )
+    split = pd.read_csv(folder / "split.csv", keep_default_na=False, dtype=str)
+    if not set(SPLIT_COLUMNS) <= set(split.columns):
+        raise UserError(f"{origin}: split.csv lacks the columns {', '.join(SPLIT_COLUMNS)}; re-create it with train.py")
+    return split[SPLIT_COLUMNS].sort_values(SPLIT_COLUMNS).reset_index(drop=True)
+
+
+def check_members(opened, folders):
+    """Labels, split and ONNX export of every member against the first; a UserError naming what differs."""
+    first = opened[0].origin
+    labels = labels_of(folders[0], first)
+    split = split_rows(folders[0], first)
+    for run, folder in zip(opened, folders):
+        if is_ensemble(folder):
+            raise UserError(f"{run.origin} is itself an ensemble; give the runs it was built from instead")
+        if not (folder / "onnx.json").is_file():
+            raise UserError(
+                f"{run.origin} has no ONNX export, which the ensemble runs; add one: python -m genre_tagger.export RUN"
+            )
+        if folder is folders[0]:
+            continue
+        if labels_of(folder, run.origin) != labels:
+            raise UserError(
+                f"{run.origin} tags other genres (or the same in another order) than {first}; "
+                "train every member on the same data"
+            )
+        if not split_rows(folder, run.origin).equals(split):
+            raise UserError(
+                f"{run.origin} was trained on another split than {first} (split.csv differs): a member that saw "
+                "another's test rows would make the test score dishonest; train every member with the same "
+                "--data, --test-data, fractions and --seed"
+            )
+    return labels
+
+
+def copy_member(folder, origin, target):
+    """Copy what predicting needs from a checked member into `target`, verified, with its own manifest."""
+    onnx = read_run_json(folder, "onnx.json", origin)
+    model_file = onnx["files"][onnx.get("default", "fp32")]
+    verify_files(folder, [model_file, *MEMBER_FILES], origin)
+    target.mkdir(parents=True)
+    for name in (*MEMBER_FILES, model_file):
+        shutil.copyfile(folder / name, target / name)
+    kept = {key: value for key, value in onnx.items() if key != "files"}
+    write_json(target / "onnx.json", {**kept, "files": {onnx.get("default", "fp32"): model_file}})
+    write_manifest(target)
+    return model_file
+
+
+def truth_of(rows, labels):
+    return np.array([[label in row.split(",") for label in labels] for row in rows["labels"]], dtype=np.int64)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if problem := settings_problem(args):
+        raise UserError(problem)
+    weights = args.weights or [1.0] * len(args.runs)
+    weights = [w / sum(weights) for w in weights]
+    output = Path(args.output)
+    started = time.time()
+    with ExitStack() as stack:
+        opened = [OpenRun(run) for run in args.runs]
+        folders = [stack.enter_context(run) for run in opened]
+        labels = check_members(opened, folders)  # before anything is written
+        staged = staging_folder(output)
+        stack.callback(lambda: shutil.rmtree(staged, ignore_errors=True) if staged.exists() else None)
+        members = []
+        for i, (run, folder, weight) in enumerate(zip(opened, folders, weights)):
+            model_file = copy_member(folder, run.origin, staged / "members" / str(i))
+            train_config = read_run_json(folder, "train_config.json", run.origin)
+            members.append(
+                {
+                    "folder": f"members/{i}",
+                    "weight": weight,
+                    "source": str(args.runs[i]),
+                    "base_model": train_config.get("base_model"),
+                    "onnx_model": model_file,
+                    "settings": train_config.get("settings"),
+                }
+            )
+        shutil.copyfile(folders[0] / "split.csv", staged / "split.csv")
+        write_json(staged / ENSEMBLE_FILE, {"format": 1, "members": members})
+        write_json(
+            staged / "config.json",
+            {
+                "model_type": ENSEMBLE_MODEL_TYPE,
+                "id2label": dict(enumerate(labels)),
+                "label2id": {label: i for i, label in enumerate(labels)},
+                "problem_type": "multi_label_classification",
+                "members": len(members),
+            },
+        )
+        # Placeholder thresholds so the staged folder opens; the tuned ones are added below.
+        write_json(staged / "thresholds.json", {"default": args.threshold})
+        settings = {"threshold": args.threshold, "weights": weights, "runs": [str(r) for r in args.runs]}
+        train_config = {
+            "settings": settings,
+            "base_model": "ensemble: " + " + ".join(str(m["base_model"]) for m in members),
+            "labels": labels,
+            "ensemble": True,
+            "versions": {"python": platform.python_version()},
+        }
+        write_json(staged / "train_config.json", train_config)
+        write_manifest(staged)
+
+        from genre_tagger.tagger import EnsembleTagger
+
+        tagger = EnsembleTagger(staged)
+        split = pd.read_csv(staged / "split.csv", keep_default_na=False, dtype=str)
+        validation, test = split[split["split"] == "validation"], split[split["split"] == "test"]
+        if validation.empty or test.empty:
+            raise UserError(f"{args.runs[0]}: split.csv has no validation or no test rows to score the ensemble on")
+        Y_val, Y_test = truth_of(validation, labels), truth_of(test, labels)
+        P_val, P_test = tagger.probabilities(validation["text"].tolist()), tagger.probabilities(test["text"].tolist())
+        tuned = tune_thresholds(Y_val, P_val, labels)
+        member_test = [
+            multilabel_metrics(Y_test, member.probabilities(test["text"].tolist()), args.threshold)
+            for member in tagger.members
+        ]
+        evaluation = {
+            "validation": multilabel_metrics(Y_val, P_val, args.threshold),
+            "test": multilabel_metrics(Y_test, P_test, args.threshold),
+            "test_tuned_global": multilabel_metrics(Y_test, P_test, tuned["global"]),
+            "test_tuned_per_genre": multilabel_metrics(Y_test, P_test, [tuned["per_label"][g] for g in labels]),
+        }
+        write_json(
+            staged / "thresholds.json",
+            {
+                "default": args.threshold,
+                **tuned,
+                "tuned_on": f"the members' shared validation rows ({len(validation)}), ensemble probabilities",
+            },
+        )
+        write_json(
+            staged / "metrics.json",
+            {
+                "threshold": args.threshold,
+                "tuned_thresholds": tuned,
+                "base_model": train_config["base_model"],
+                "scored_with": "predict.py's probabilities: each member's default ONNX model, weighted mean",
+                **evaluation,
+                "members_test": member_test,
+                "per_genre_test": per_label_report(Y_test, P_test, labels, args.threshold),
+            },
+        )
+        train_config["split_sizes"] = {"validation": len(validation), "test": len(test)}
+        train_config["seconds"] = {"until_save": round(time.time() - started, 1)}
+        write_json(staged / "train_config.json", train_config)
+        write_manifest(staged)
+        publish_folder(staged, output)
+    zip_path = zip_folder(output, zip_path_of(output))
+    scores = evaluation["test"]
+    print(
+        f"ensemble of {len(members)} runs (weights {', '.join(f'{w:.3g}' for w in weights)}) on {len(test)} test rows "
+        f"at {args.threshold}: macro-F1 {scores['macro_f1']:.4f}, micro-F1 {scores['micro_f1']:.4f}, "
+        f"ROC-AUC {scores['macro_roc_auc']:.4f} (members' macro-F1: "
+        + ", ".join(f"{m['macro_f1']:.4f}" for m in member_test)
+        + ")"
+    )
+    print(f"saved {output}/ and {zip_path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {printable(err)}", file=sys.stderr)
+        sys.exit(2)
