@@ -7,6 +7,8 @@ backend; throughput (descriptions/s) and peak RSS over --rows descriptions for t
 plain PyTorch loop (fp32, batch 32, every batch padded to 128 tokens) and for `predict.py --input`
 with PyTorch, ONNX fp32 and ONNX int8; peak RSS of predict.py --input over --flat-rows to show that
 memory stays flat. Each measurement runs in its own process, so peak RSS is that process's alone.
+With --default-only (always for an ensemble run, which has no PyTorch model): only predict.py as a user
+runs it, default backend and variant, cold start and throughput.
 """
 
 import argparse
@@ -86,13 +88,19 @@ def main():
         default="data/IMDB-Movie-Data.csv",
         help="CSV whose descriptions are repeated for the throughput runs (default: %(default)s)",
     )
+    p.add_argument(
+        "--default-only",
+        action="store_true",
+        help="measure only predict.py's default (ONNX) backend: cold start and throughput (always for an ensemble)",
+    )
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         plain_torch_loop(args.worker[0], args.worker[1], args.batch_size)
         return
     model = Path(args.model)
-    if not (model / "onnx.json").exists():
+    default_only = args.default_only or (model / "ensemble.json").exists()
+    if not default_only and not (model / "onnx.json").exists():
         raise SystemExit(f"{model} has no ONNX export; train first (python train.py) or pass --model")
     python = sys.executable
     description = "A retired hitman seeks revenge on the gangsters who killed his dog."
@@ -103,7 +111,7 @@ def main():
 
     print("\ncold start: predict.py 'one description', fresh process each time")
     cold = {}
-    for backend in ("onnx", "torch"):
+    for backend in ("onnx",) if default_only else ("onnx", "torch"):
         command = [python, "predict.py", "--model", str(model), "--backend", backend, description]
         run_measured(command)  # warm the OS file cache once, as a user's second call would be
         walls = [run_measured(command)[0] for _ in range(args.repeats)]
@@ -111,15 +119,19 @@ def main():
         print(
             f"  {backend:<6} median {cold[backend]:.3f} s  (min {min(walls):.3f}, max {max(walls):.3f}, n={len(walls)})"
         )
-    print(f"  torch / onnx: {cold['torch'] / cold['onnx']:.1f}x")
+    if "torch" in cold:
+        print(f"  torch / onnx: {cold['torch'] / cold['onnx']:.1f}x")
 
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp) / "descriptions.txt"
         write_descriptions(texts, args.rows, args.data)
         print(f"\nthroughput over {args.rows} descriptions (batch {args.batch_size}), one process each")
         results = {}
-        cases = {
-            "plain PyTorch loop, pad 128": [
+        cases = {}
+        if default_only:
+            runs = (("predict.py default",),)
+        else:
+            cases["plain PyTorch loop, pad 128"] = [
                 python,
                 "bench/predict.py",
                 "--batch-size",
@@ -127,13 +139,13 @@ def main():
                 "--worker",
                 str(model),
                 str(texts),
-            ],
-        }
-        for label, extra in (
-            ("predict.py torch", ["--backend", "torch"]),
-            ("predict.py onnx fp32", ["--backend", "onnx", "--onnx-variant", "fp32"]),
-            ("predict.py onnx int8", ["--backend", "onnx", "--onnx-variant", "int8"]),
-        ):
+            ]
+            runs = (
+                ("predict.py torch", "--backend", "torch"),
+                ("predict.py onnx fp32", "--backend", "onnx", "--onnx-variant", "fp32"),
+                ("predict.py onnx int8", "--backend", "onnx", "--onnx-variant", "int8"),
+            )
+        for label, *extra in runs:
             out = Path(tmp) / f"{label.replace(' ', '-')}.jsonl"
             cases[label] = [
                 python,
@@ -152,11 +164,12 @@ def main():
             wall, rss = run_measured(command)
             results[label] = (args.rows / wall, rss)
             print(f"  {label:<28} {args.rows / wall:8.1f} descriptions/s   peak RSS {rss:7.0f} MiB   ({wall:.1f} s)")
-        base = results["plain PyTorch loop, pad 128"][0]
-        for label, (rate, _) in results.items():
-            print(f"  {label:<28} {rate / base:5.2f}x the plain loop")
+        if not default_only:
+            base = results["plain PyTorch loop, pad 128"][0]
+            for label, (rate, _) in results.items():
+                print(f"  {label:<28} {rate / base:5.2f}x the plain loop")
 
-        if args.flat_rows:
+        if args.flat_rows and not default_only:
             big = Path(tmp) / "many.txt"
             write_descriptions(big, args.flat_rows, args.data)
             wall, rss = run_measured(

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.runs import check_run_folder, write_manifest, zip_folder, zip_path_of
+from genre_tagger.runs import check_run_folder, is_ensemble, write_manifest, zip_folder, zip_path_of
 
 REWRITTEN = ("config.json", "model.safetensors", "hf_classifier.py")
 
@@ -48,6 +48,8 @@ def main(argv=None):
     folder = check_run_folder(Path(args.run)) if Path(args.run).is_dir() else None
     if folder is None:
         raise UserError(f"{args.run} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
+    if is_ensemble(folder):
+        raise UserError(f"{args.run} is an ensemble; run this on each of the runs it was built from, then rebuild it")
     if not convert_run(folder):
         print(f"{folder} is already a current run; nothing to do")
         return

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.runs import check_run_folder, printable, write_manifest, zip_folder, zip_path_of
+from genre_tagger.runs import check_run_folder, is_ensemble, printable, write_manifest, zip_folder, zip_path_of
 
 
 def main(argv=None):
@@ -18,6 +18,8 @@ def main(argv=None):
     folder = check_run_folder(Path(args.run)) if Path(args.run).is_dir() else None
     if folder is None:
         raise UserError(f"{args.run} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
+    if is_ensemble(folder):
+        raise UserError(f"{args.run} is an ensemble; run this on each of the runs it was built from, then rebuild it")
     from genre_tagger.modeling import export_run
 
     info = export_run(folder)

@@ -52,17 +52,26 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
     with integrity checks, switch to it here.
     """
     from genre_tagger.onnx_backend import OnnxTagger
-    from genre_tagger.runs import OpenRun, labels_of, read_json, thresholds_of
+    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_json, thresholds_of
+    from genre_tagger.tagger import EnsembleTagger
 
     with OpenRun(path) as folder:
-        if not (folder / "onnx.json").exists():
-            raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
         labels = labels_of(folder)
-        onnx_info = read_json(folder / "onnx.json")
-        if variant is not None and variant not in onnx_info["files"]:
-            raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
-        tagger = OnnxTagger(folder, variant=variant, threads=threads, spinning=spinning)
-        model_sha256 = _sha256_of(folder / onnx_info["files"][tagger.variant])
+        if is_ensemble(folder):
+            # Each member on its own ONNX export, probabilities averaged; the manifest names every member file.
+            tagger = EnsembleTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
+            model_sha256, max_tokens = _sha256_of(folder / MANIFEST), tagger.max_length
+        else:
+            if not (folder / "onnx.json").exists():
+                raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
+            onnx_info = read_json(folder / "onnx.json")
+            if variant is not None and variant not in onnx_info["files"]:
+                raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
+            tagger = OnnxTagger(folder, variant=variant, threads=threads, spinning=spinning)
+            model_sha256, max_tokens = (
+                _sha256_of(folder / onnx_info["files"][tagger.variant]),
+                onnx_info.get("max_length"),
+            )
         metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
         train_config = read_json(folder / "train_config.json")
         saved_thresholds = read_json(folder / "thresholds.json")
@@ -73,7 +82,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         "genres": len(labels),
         "onnx_variant": tagger.variant,
         "model_sha256": model_sha256,
-        "max_tokens": onnx_info.get("max_length"),
+        "max_tokens": max_tokens,
         "metrics": {
             split: {key: metrics[split][key] for key in METRIC_KEYS if key in metrics[split]}
             for split in ("test", "test_tuned_global", "test_tuned_per_genre")
