@@ -52,6 +52,7 @@ SPLIT_COLUMNS = ["split", "labels", "text"]
 
 def build_parser():
     p = argparse.ArgumentParser(
+        prog="python -m genre_tagger.ensemble",
         description="Average the probabilities of runs trained on the same split; save the ensemble as one run.",
         epilog="predict.py --model NAME (or NAME.zip) then runs every member on its ONNX export and averages.",
     )
