@@ -388,6 +388,34 @@ def check_run_folder(folder, origin=None):
     return Path(folder)
 
 
+def run_folder_to_change(path):
+    """The run folder at `path` for a tool that changes a run in place (export, convert), or a one-line error."""
+    if not Path(path).is_dir():
+        raise UserError(f"{path} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
+    return check_run_folder(Path(path))
+
+
+def reseal(folder, always_zip=False):
+    """After a run folder changed in place: its manifest again, and its zip (refreshed if there is one).
+
+    Returns the zip's path when it was written, else None.
+    """
+    write_manifest(folder)
+    if always_zip or zip_path_of(folder).exists():
+        zip_folder(folder, zip_path_of(folder))
+        return zip_path_of(folder)
+    return None
+
+
+def run_tool(main):
+    """Run a `python -m genre_tagger.<tool>` main: a problem the user can fix is one line and exit 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {printable(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 class OpenRun:
     """Context manager giving a checked run folder for a path that is a run folder or its .zip.
 
