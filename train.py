@@ -277,6 +277,8 @@ def tidy_interrupted(args):
 args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
 if problem := train_settings_problem(args):
     fail(problem)
+if not running_in_notebook():
+    distributed.relaunch_if_accelerate_started_one()
 tidy_interrupted(args)
 if problem := output_problem(args):
     fail(problem)

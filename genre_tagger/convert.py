@@ -12,12 +12,10 @@ folder is refreshed.
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-from genre_tagger import UserError
-from genre_tagger.runs import check_run_folder, is_ensemble, write_manifest, zip_folder, zip_path_of
+from genre_tagger.runs import reseal, run_folder_to_change, run_tool
 
 REWRITTEN = ("config.json", "model.safetensors", "hf_classifier.py")
 
@@ -45,25 +43,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Convert a run saved by an older train.py to the current format.")
     parser.add_argument("run", help="run folder (not the zip)")
     args = parser.parse_args(argv)
-    folder = check_run_folder(Path(args.run)) if Path(args.run).is_dir() else None
-    if folder is None:
-        raise UserError(f"{args.run} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
-    if is_ensemble(folder):
-        raise UserError(f"{args.run} is an ensemble; run this on each of the runs it was built from, then rebuild it")
+    folder = run_folder_to_change(args.run)
     if not convert_run(folder):
         print(f"{folder} is already a current run; nothing to do")
         return
-    write_manifest(folder)
-    message = f"converted {folder}: Hugging Face tools now load it (trust_remote_code=True)"
-    if zip_path_of(folder).exists():
-        zip_folder(folder, zip_path_of(folder))
-        message += f"; refreshed {zip_path_of(folder)}"
-    print(message)
+    zipped = reseal(folder)
+    refreshed = f"; refreshed {zipped}" if zipped else ""
+    print(f"converted {folder}: Hugging Face tools now load it (trust_remote_code=True){refreshed}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

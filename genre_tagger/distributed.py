@@ -52,17 +52,65 @@ def threads_per_process(requested):
     return max(1, usable_cores() // processes_on_this_machine())
 
 
-def setup(requested_threads):
-    """Set this process's threads; silence stdout on all ranks but the main one, so the log reads as one run."""
-    import torch
+def accelerate_plain_launch_args():
+    """`accelerate launch`'s own arguments when its plain launcher started this as the only process, else None.
 
-    if "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        # accelerate's plain launcher: given --num_processes N without --multi_gpu (or with --cpu) it
-        # starts one process and leaves N processes to mpirun.
+    Given `--num_processes N` without `--multi_gpu` (on a machine without GPUs, say) accelerate starts one
+    process and leaves the other N - 1 to mpirun; it sets MASTER_ADDR but no WORLD_SIZE. Its arguments
+    are read back from the launcher's command line (Linux /proc), the one place that still has N.
+    """
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ or "MASTER_ADDR" not in os.environ or "WORLD_SIZE" in os.environ:
+        return None
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            argv = [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return None
+    for i, part in enumerate(argv):
+        if part == "launch" or part.endswith(("accelerate.commands.launch", "accelerate/commands/launch.py")):
+            from accelerate.commands.launch import launch_command_parser
+
+            try:
+                return launch_command_parser().parse_args(argv[i + 1 :])
+            except SystemExit:
+                return None
+    return None
+
+
+def relaunch_if_accelerate_started_one():
+    """Under `accelerate launch --num_processes N` that started one process: become torchrun with N processes.
+
+    torchrun is what accelerate itself runs for N processes on one machine (with --multi_gpu); the
+    Trainer then uses gloo on CPU and nccl on GPUs. Several machines, or N that cannot be read back, get
+    a note saying which command starts them instead.
+    """
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ or "MASTER_ADDR" not in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    launched = accelerate_plain_launch_args()
+    processes = getattr(launched, "num_processes", None)
+    if not processes or (launched.num_machines or 1) > 1:
         print(
             "note: accelerate launch started this as a single process; for N processes use "
             "`accelerate launch --multi_gpu --num_processes N` (gloo on CPU, nccl on GPUs) or torchrun"
         )
+        return
+    if processes == 1:
+        return
+    print(
+        f"note: accelerate launch started one process for --num_processes {processes} (its plain launcher "
+        f"leaves the rest to mpirun); restarting as torchrun with {processes} processes on this machine",
+        flush=True,
+    )
+    env = {name: value for name, value in os.environ.items() if name not in ("MASTER_ADDR", "MASTER_PORT")}
+    script = os.path.abspath(sys.argv[0])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    os.execve(sys.executable, [*command, script, *sys.argv[1:]], env)
+
+
+def setup(requested_threads):
+    """Set this process's threads; silence stdout on all ranks but the main one, so the log reads as one run."""
+    import torch
+
     threads = threads_per_process(requested_threads)
     if threads:
         torch.set_num_threads(threads)

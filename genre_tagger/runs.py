@@ -89,11 +89,6 @@ def write_json(path, payload):
         f.write("\n")
 
 
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
 def read_run_json(folder, name, origin=None):
     """A JSON file of a run, or a one-line error naming the file when it is missing or damaged."""
     path = Path(folder) / name
@@ -406,6 +401,36 @@ def check_run_folder(folder, origin=None):
     return Path(folder)
 
 
+def run_folder_to_change(path):
+    """The run folder at `path` for a tool that changes a run in place (export, convert), or a one-line error."""
+    if not Path(path).is_dir():
+        raise UserError(f"{path} is not a run folder; give the folder train.py wrote (unzip a .zip first)")
+    if is_ensemble(path):
+        raise UserError(f"{path} is an ensemble; run this on each of the runs it was built from, then rebuild it")
+    return check_run_folder(Path(path))
+
+
+def reseal(folder, always_zip=False):
+    """After a run folder changed in place: its manifest again, and its zip (refreshed if there is one).
+
+    Returns the zip's path when it was written, else None.
+    """
+    write_manifest(folder)
+    if always_zip or zip_path_of(folder).exists():
+        zip_folder(folder, zip_path_of(folder))
+        return zip_path_of(folder)
+    return None
+
+
+def run_tool(main):
+    """Run a `python -m genre_tagger.<tool>` main: a problem the user can fix is one line and exit 2."""
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {printable(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
 class OpenRun:
     """Context manager giving a checked run folder for a path that is a run folder or its .zip.
 
@@ -528,20 +553,25 @@ def check_consistency(folder, origin=None):
 
 def thresholds_of(folder, choice):
     """Thresholds for `choice`: a number, 'tuned' (per-genre, saved by train.py) or 'tuned-global'."""
-    saved = read_run_json(folder, "thresholds.json")
+    return thresholds_from(read_run_json(folder, "thresholds.json"), labels_of(folder), choice)
+
+
+def thresholds_from(saved, labels, choice):
+    """`thresholds_of` for a run's thresholds.json already read (`saved`) and its labels."""
     if choice == "tuned":
-        if not isinstance(saved.get("per_label"), dict):
+        per_label = saved.get("per_label")
+        if not isinstance(per_label, dict) or not all(_is_probability(per_label.get(label)) for label in labels):
             raise UserError("this run has no per-genre thresholds; use --threshold tuned-global or a number")
-        return [saved["per_label"][label] for label in labels_of(folder)]
+        return [per_label[label] for label in labels]
     if choice == "tuned-global":
         if not _is_probability(saved.get("global")):
             raise UserError("this run has no tuned global threshold; use a number")
         return saved["global"]
     try:
         value = float(choice)
-    except ValueError:
+    except (TypeError, ValueError):
         raise UserError(
-            f"--threshold must be a number in (0, 1), 'tuned' or 'tuned-global', not {printable(choice)!r}"
+            f"--threshold must be a number in (0, 1), 'tuned' or 'tuned-global', not {printable(str(choice))!r}"
         ) from None
     if not 0 < value < 1:
         raise UserError(f"--threshold must be between 0 and 1 (exclusive), not {value}")

@@ -52,7 +52,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
     with integrity checks, switch to it here.
     """
     from genre_tagger.onnx_backend import OnnxTagger
-    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_json, thresholds_of
+    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_run_json, thresholds_of
     from genre_tagger.tagger import EnsembleTagger
 
     with OpenRun(path) as folder:
@@ -64,17 +64,15 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         else:
             if not (folder / "onnx.json").exists():
                 raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
-            onnx_info = read_json(folder / "onnx.json")
+            onnx_info = read_run_json(folder, "onnx.json", path)
             if variant is not None and variant not in onnx_info["files"]:
                 raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
-            tagger = OnnxTagger(folder, variant=variant, threads=threads, spinning=spinning)
-            model_sha256, max_tokens = (
-                _sha256_of(folder / onnx_info["files"][tagger.variant]),
-                onnx_info.get("max_length"),
-            )
-        metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
-        train_config = read_json(folder / "train_config.json")
-        saved_thresholds = read_json(folder / "thresholds.json")
+            tagger = OnnxTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
+            model_sha256 = _sha256_of(folder / onnx_info["files"][tagger.variant])
+            max_tokens = onnx_info.get("max_length")
+        metrics = read_run_json(folder, "metrics.json", path) if (folder / "metrics.json").exists() else {}
+        train_config = read_run_json(folder, "train_config.json", path)
+        saved_thresholds = read_run_json(folder, "thresholds.json", path)
         thresholds = {choice: thresholds_of(folder, choice) for choice in ("tuned", "tuned-global")}
     description = {
         "run": str(path),

@@ -30,6 +30,7 @@ from genre_tagger.runs import (
     labels_of,
     note,
     read_run_json,
+    thresholds_from,
     verify_manifest,
 )
 
@@ -178,13 +179,10 @@ class Tagger:
 
     def thresholds(self, threshold=DEFAULT_THRESHOLD):
         """A number in (0, 1), 'tuned' (per genre, tuned on validation by train.py) or 'tuned-global'."""
-        if threshold == "tuned":
-            return [self.saved_thresholds["per_label"][label] for label in self.labels]
-        if threshold == "tuned-global":
-            return self.saved_thresholds["global"]
-        if isinstance(threshold, str) or not 0 < float(threshold) < 1:
-            raise ValueError(f"threshold must be a number in (0, 1), 'tuned' or 'tuned-global', not {threshold!r}")
-        return float(threshold)
+        try:
+            return thresholds_from(self.saved_thresholds, self.labels, threshold)
+        except UserError as err:
+            raise ValueError(str(err).replace("--threshold", "threshold")) from None
 
     def tag(self, texts, threshold=DEFAULT_THRESHOLD, top_k=None, batch_size=32):
         """For each text, [(genre, probability), ...] at or above the threshold, highest first (at most `top_k`)."""

@@ -22,6 +22,8 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "
 # accelerate starts N processes through torchrun only with --multi_gpu; on a machine without GPUs they use gloo.
 ACCELERATE = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
 ACCELERATE += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+# What a user types on a machine without GPUs: accelerate starts one process, train.py restarts as torchrun.
+ACCELERATE_PLAIN = [Path(sys.executable).parent / "accelerate", "launch", "--num_processes", "2"]
 LIMIT, EPOCHS, BATCH = 200, 2, 16
 
 
@@ -43,13 +45,19 @@ def files_under(folder):
 
 
 @pytest.fixture(
-    scope="module", params=[("torchrun", 1), ("accelerate", 2)], ids=["torchrun", "accelerate-grad-accum-2"]
+    scope="module",
+    params=[("torchrun", 1), ("accelerate", 2), ("accelerate-plain", 1)],
+    ids=["torchrun", "accelerate-grad-accum-2", "accelerate-plain"],
 )
 def launched(request, tmp_path_factory, tiny_distilbert, imdb_csv):
     launcher, grad_accum = request.param
     work = tmp_path_factory.mktemp(launcher)
-    launcher = TORCHRUN if launcher == "torchrun" else [*ACCELERATE, "--main_process_port", free_port()]
-    result = run_script(*launcher, *train_args(imdb_csv, tiny_distilbert), "--grad-accum", grad_accum, cwd=work)
+    command = {
+        "torchrun": TORCHRUN,
+        "accelerate": [*ACCELERATE, "--main_process_port", free_port()],
+        "accelerate-plain": ACCELERATE_PLAIN,
+    }[launcher]
+    result = run_script(*command, *train_args(imdb_csv, tiny_distilbert), "--grad-accum", grad_accum, cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return {
         "work": work,
@@ -57,6 +65,7 @@ def launched(request, tmp_path_factory, tiny_distilbert, imdb_csv):
         "zip": work / "models" / "ddp.zip",
         "log": result.stdout,
         "grad_accum": grad_accum,
+        "launcher": launcher,
     }
 
 
@@ -177,9 +186,16 @@ def test_one_process_needs_no_process_group(monkeypatch):
 
 
 def test_accelerate_single_process_launch_is_pointed_out(monkeypatch, capsys):
+    """When N cannot be read back from accelerate's command line, the note names the commands that work."""
     for name in ("WORLD_SIZE", "RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    distributed.setup(0)
+    monkeypatch.setattr(distributed, "accelerate_plain_launch_args", lambda: None)
+    distributed.relaunch_if_accelerate_started_one()
     assert "--multi_gpu --num_processes N" in capsys.readouterr().out
+
+
+def test_only_plain_accelerate_launch_restarts_as_torchrun(launched):
+    restarted = "restarting as torchrun with 2 processes" in launched["log"]
+    assert restarted == (launched["launcher"] == "accelerate-plain")

@@ -80,3 +80,33 @@ def test_thresholds_of_reads_numbers_and_saved_choices(tmp_path):
     for bad in ("1.5", "high"):
         with pytest.raises(UserError, match="--threshold"):
             runs.thresholds_of(folder, bad)
+
+
+def test_export_tool_reexports_reseals_and_rezips(trained, tmp_path):
+    """`python -m genre_tagger.export` on a copy of a run: fresh ONNX files, a manifest that verifies, a new zip."""
+    import json
+    import shutil
+
+    from conftest import run_script
+
+    run = tmp_path / "models" / "copy"
+    shutil.copytree(trained["output"], run)
+    for name in ("model.onnx", "model.int8.onnx", "onnx.json"):
+        (run / name).unlink()
+    result = run_script("-m", "genre_tagger.export", run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refreshed" in result.stdout
+    assert set(json.loads((run / "onnx.json").read_text())["files"].values()) <= {"model.onnx", "model.int8.onnx"}
+    runs.verify_manifest(run)
+    with zipfile.ZipFile(run.with_suffix(".zip")) as archive:
+        assert "onnx.json" in archive.namelist() and "manifest.json" in archive.namelist()
+    tagged = run_script("predict.py", "--model", run.with_suffix(".zip"), "A detective hunts a killer.")
+    assert tagged.returncode == 0, tagged.stderr[-2000:]
+
+
+def test_export_tool_refuses_what_is_not_a_run_folder(tmp_path):
+    from conftest import run_script
+
+    result = run_script("-m", "genre_tagger.export", tmp_path)
+    assert result.returncode == 2 and "not a genre-tagger run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
