@@ -408,7 +408,18 @@ if fallback_note:
 print(f"base model: {base_model}")
 from transformers import AutoTokenizer  # noqa: E402
 
+from genre_tagger.onnx_backend import unknown_token_shares  # noqa: E402
+
 tokenizer = AutoTokenizer.from_pretrained(base_path)
+# A tokenizer that does not fit the text (a broken vocab, another language) maps words to its unknown
+# token, and the model then learns from nothing but the sentence length: stop before training on that.
+backend_tokenizer = getattr(tokenizer, "backend_tokenizer", None)  # slow tokenizers are not checked
+unknown_share = float(unknown_token_shares(backend_tokenizer, train_texts).mean()) if backend_tokenizer else 0.0
+if unknown_share > 0.5:
+    fail(
+        f"the tokenizer of {base_model} does not know {unknown_share:.0%} of the training words (they become its "
+        "unknown token); use a base model whose vocabulary fits this text"
+    )
 settings = {
     "epochs": args.epochs,
     "batch_size": args.batch_size,

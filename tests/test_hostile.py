@@ -364,6 +364,24 @@ def test_train_data_problems_are_one_line(tmp_path, imdb_csv):
     assert not (tmp_path / "r").exists()
 
 
+def test_train_refuses_a_tokenizer_that_does_not_know_the_text(tmp_path, imdb_csv):
+    """A base model whose vocabulary maps most words to [UNK] would train on sentence lengths alone."""
+    from transformers import AutoModel, DistilBertConfig, DistilBertTokenizerFast
+
+    base = tmp_path / "tiny-vocab"
+    base.mkdir()
+    (base / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a"]) + "\n")
+    DistilBertTokenizerFast.from_pretrained(base).save_pretrained(base)
+    config = DistilBertConfig(vocab_size=7, dim=16, hidden_dim=32, n_layers=1, n_heads=2)
+    AutoModel.from_config(config).save_pretrained(base)
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "60", "--model", base, "--output", tmp_path / "r",
+        "--checkpoint-dir", tmp_path / "checkpoints",
+    )  # fmt: skip
+    one_line_error(result, "does not know", "of the training words")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_train_never_replaces_what_it_did_not_write(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
