@@ -1,7 +1,6 @@
 """Fast CPU inference from a run's ONNX export, with onnxruntime and tokenizers: torch is never imported."""
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,31 +41,11 @@ def unknown_token_shares(tokenizer, texts):
     return np.array(shares)
 
 
-class _InBackground(threading.Thread):
-    """Runs `function(*args)` in a thread; result() waits for it and raises what it raised."""
-
-    def __init__(self, function, *args):
-        super().__init__(daemon=True)
-        self._call, self._error = (function, args), None
-        self.start()
-
-    def run(self):
-        try:
-            self._call[0](*self._call[1])
-        except BaseException as err:  # handed to the caller by result()
-            self._error = err
-
-    def result(self):
-        self.join()
-        if self._error is not None:
-            raise self._error
-
-
 class OnnxTagger:
     """Probabilities per genre for a list of texts, from `model.onnx` or `model.int8.onnx` in a run folder.
 
-    check_manifest=False is for export_run alone, which measures files it has just written while the
-    folder's manifest still describes the ones they replace.
+    check_manifest=False is for export_run alone: it measures files it has just written while the folder's
+    manifest still describes the ones they replace (and keeps refusing the run until the export is sealed).
     """
 
     def __init__(self, folder, variant=None, threads=0, origin=None, spinning=True, check_manifest=True):
@@ -82,9 +61,7 @@ class OnnxTagger:
             raise UserError(f"{origin} has no ONNX {variant} model; choose --onnx-variant {' or '.join(info['files'])}")
         model_file = info["files"][variant]
         if check_manifest:
-            verify_files(folder, ["tokenizer.json"], origin)
-        if not (folder / model_file).is_file() and check_manifest:
-            verify_files(folder, [model_file], origin)  # names it missing when the manifest lists it
+            verify_files(folder, [model_file, "tokenizer.json"], origin)
         if not (folder / model_file).is_file():
             raise UserError(f"{origin} has no {model_file}; re-export with python -m genre_tagger.export RUN")
         options = onnxruntime.SessionOptions()
@@ -95,24 +72,15 @@ class OnnxTagger:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.variant = variant
         self.labels = labels_of(folder, origin)
-        # The model file's sha256 is checked in a thread while onnxruntime builds the session from the same
-        # file (both release the GIL), so the check overlaps the load instead of adding to it; it still ends
-        # before this returns, so a file that does not match the manifest is refused before any prediction.
-        verifying = _InBackground(verify_files, folder, [model_file], origin) if check_manifest else None
-        load_error = None
         try:
             self.session = onnxruntime.InferenceSession(
                 str(folder / model_file), options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            load_error = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if verifying is not None:
-            verifying.result()  # a mismatch is the error to show, even where onnxruntime failed too
-        if load_error is not None:
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise UserError(
-                f"{origin}: {model_file} cannot be loaded ({load_error}); "
-                "re-export with python -m genre_tagger.export RUN"
-            )
+                f"{origin}: {model_file} cannot be loaded ({first}); re-export with python -m genre_tagger.export RUN"
+            ) from None
         inputs = sorted(i.name for i in self.session.get_inputs())
         outputs = self.session.get_outputs()
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None

@@ -91,7 +91,7 @@ def test_when_no_recipe_passes_fp32_stays_default_and_the_best_int8_is_kept(run_
 
 
 def test_a_changed_model_is_refused_even_when_onnxruntime_cannot_load_it(run_copy):
-    """The sha256 check runs beside the session build; its mismatch is the error shown, and nothing is printed."""
+    """A same-size change is caught by the sha256 check before onnxruntime reads the file; nothing is printed."""
     variant = json.loads((run_copy / "onnx.json").read_text())["default"]
     name = json.loads((run_copy / "onnx.json").read_text())["files"][variant]
     size = (run_copy / name).stat().st_size
