@@ -224,7 +224,8 @@ class _ProbabilitiesOnly(nn.Module):
         return torch.sigmoid(self.model(input_ids=input_ids, attention_mask=attention_mask).logits)
 
 
-# int8 recipes, tried in this order by export_run until one keeps the run's decisions (see INT8_RECIPE_NOTES).
+# int8 recipes, tried in this order by export_run until one keeps the run's decisions; each described in
+# onnx.json's check.int8_recipes by its note.
 INT8_RECIPES = ("dynamic", "blockwise")
 INT8_RECIPE_NOTES = {
     "dynamic": "onnxruntime quantize_dynamic: int8 weights (one scale per output column) and int8 activations "
@@ -385,7 +386,7 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
             quantize_int8(folder / "model.onnx", set_aside(recipe), recipe)
             set_aside(recipe).replace(int8_path)
             write_json(folder / "onnx.json", {**info, "files": {**info["files"], "int8": int8_path.name}})
-            tried[recipe] = measure("int8")
+            tried[recipe] = {"what": INT8_RECIPE_NOTES[recipe], **measure("int8")}
             tried[recipe]["passed"] = int8_passes(
                 tried[recipe], check["fp32"], max_tolerated_f1_drop, min_decision_agreement
             )
@@ -400,7 +401,7 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
                 set_aside(kept).replace(int8_path)
             info["files"]["int8"] = int8_path.name
             info["int8_recipe"] = kept
-            check["int8"] = {k: v for k, v in tried[kept].items() if k != "passed"}
+            check["int8"] = {k: v for k, v in tried[kept].items() if k not in ("what", "passed")}
             check["int8_rule"] = (
                 f"macro-F1 within {max_tolerated_f1_drop} of fp32 and decisions agreeing with PyTorch on at least "
                 f"{min_decision_agreement:.1%} of validation (description, genre) pairs; recipes tried in order"

@@ -62,6 +62,7 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
     assert saved["int8_recipe"] == info["int8_recipe"] == "blockwise"
     assert saved["default"] == "int8"
     assert [saved["check"]["int8_recipes"][r]["passed"] for r in ("dynamic", "blockwise")] == [False, True]
+    assert "MatMulNBits" in saved["check"]["int8_recipes"]["blockwise"]["what"]
     assert saved["check"]["int8"]["macro_f1"] == saved["check"]["int8_recipes"]["blockwise"]["macro_f1"]
     assert "MatMulNBits" in op_types(run_copy / "model.int8.onnx")
     assert sorted(p.name for p in run_copy.glob(".*")) == []  # no recipe left aside
