@@ -17,7 +17,6 @@ import argparse
 import math
 import platform
 import shutil
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,10 +32,10 @@ from genre_tagger.runs import (
     OpenRun,
     is_ensemble,
     labels_of,
-    printable,
     publish_folder,
     read_run_json,
     replace_problem,
+    run_tool,
     staging_folder,
     verify_files,
     write_json,
@@ -264,8 +263,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {printable(err)}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

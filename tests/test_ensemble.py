@@ -17,16 +17,9 @@ TEXTS = ["A detective hunts a killer in the rain.", "Two friends drive across th
 
 
 @pytest.fixture(scope="module")
-def frozen_member(tmp_path_factory, tiny_distilbert, imdb_csv):
-    """A second member on the same 200 rows and seed as the session's `trained` run (so the same split)."""
-    work = tmp_path_factory.mktemp("ensemble-member")
-    output = work / "frozen"
-    result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--freeze-encoder",
-        "--output", output, "--checkpoint-dir", work / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return output
+def frozen_member(frozen_trained):
+    """A second member on the same split as the session's `trained` run."""
+    return frozen_trained["output"]
 
 
 @pytest.fixture(scope="module")

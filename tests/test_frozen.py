@@ -49,15 +49,8 @@ def test_logreg_head_picks_the_candidate_with_the_best_validation_metric():
 
 
 @pytest.fixture(scope="module")
-def frozen_run(tmp_path_factory, tiny_distilbert, imdb_csv):
-    work = tmp_path_factory.mktemp("frozen")
-    output = work / "run"
-    result = run_script(
-        "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--freeze-encoder",
-        "--output", output, "--checkpoint-dir", work / "checkpoints",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"base": tiny_distilbert, "output": output, "log": result.stdout}
+def frozen_run(frozen_trained):
+    return frozen_trained
 
 
 def test_frozen_run_keeps_the_encoder_and_trains_the_head(frozen_run):
