@@ -21,6 +21,7 @@ import sys
 
 from genre_tagger import UserError
 from genre_tagger.runs import DEFAULT_RUN
+from genre_tagger.settings import serve_settings_problem
 
 
 def build_parser():
@@ -90,13 +91,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("max_batch", "batch_size", "max_descriptions", "max_body_kb"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.batch_wait_ms < 0:
-        raise UserError("--batch-wait-ms must be 0 or more")
-    if not 0 <= args.port <= 65535:
-        raise UserError("--port must be between 0 and 65535")
+    if problem := serve_settings_problem(args):
+        raise UserError(problem)
 
     try:
         import uvicorn

@@ -1,7 +1,6 @@
 """The dataset: download with a checksum, load, clean, validate, encode labels, split."""
 
 import csv
-import hashlib
 import os
 import re
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from genre_tagger import UserError
-from genre_tagger.runs import printable
+from genre_tagger.runs import printable, sha256_of
 
 DATA_URL = (
     "https://raw.githubusercontent.com/donalcarr/Datasets/caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
@@ -23,14 +22,6 @@ DEFAULT_DATA_PATH = Path("data/IMDB-Movie-Data.csv")
 # IMDb cut long plots and appended this link text; it says nothing about the genre.
 _SCRAPED_TAIL = re.compile(r"\s*(\.\.\.|…)?\s*See full summary\s*»?\s*$")
 _WHITESPACE = re.compile(r"\s+")
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_dataset(path=DEFAULT_DATA_PATH, url=DATA_URL, sha256=DATA_SHA256, timeout_s=60):

@@ -6,7 +6,6 @@ same rounding): a request served alone gets exactly the numbers `predict.py --js
 """
 
 import asyncio
-import hashlib
 import json
 import logging
 import queue
@@ -52,7 +51,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
     with integrity checks, switch to it here.
     """
     from genre_tagger.onnx_backend import OnnxTagger
-    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_run_json, thresholds_of
+    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_run_json, sha256_of, thresholds_of
     from genre_tagger.tagger import EnsembleTagger
 
     with OpenRun(path) as folder:
@@ -60,7 +59,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         if is_ensemble(folder):
             # Each member on its own ONNX export, probabilities averaged; the manifest names every member file.
             tagger = EnsembleTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
-            model_sha256, max_tokens = _sha256_of(folder / MANIFEST), tagger.max_length
+            model_sha256, max_tokens = sha256_of(folder / MANIFEST), tagger.max_length
         else:
             if not (folder / "onnx.json").exists():
                 raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
@@ -68,7 +67,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
             if variant is not None and variant not in onnx_info["files"]:
                 raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
             tagger = OnnxTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
-            model_sha256 = _sha256_of(folder / onnx_info["files"][tagger.variant])
+            model_sha256 = sha256_of(folder / onnx_info["files"][tagger.variant])
             max_tokens = onnx_info.get("max_length")
         metrics = read_run_json(folder, "metrics.json", path) if (folder / "metrics.json").exists() else {}
         train_config = read_run_json(folder, "train_config.json", path)
@@ -89,14 +88,6 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         "settings": {key: train_config["settings"].get(key) for key in ("epochs", "lr", "batch_size", "seed")},
     }
     return ServedRun(labels, thresholds, saved_thresholds, description, tagger)
-
-
-def _sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # %% Requests and responses

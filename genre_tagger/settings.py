@@ -121,3 +121,38 @@ def predict_settings_problem(args, cores=None):
             ),
         ]
     )
+
+
+def serve_settings_problem(args, cores=None):
+    """What is wrong with serve.py's arguments, or None."""
+    cores = cores or available_cores()
+    checks = [
+        (
+            _in(getattr(args, name), 1, high),
+            f"--{name.replace('_', '-')} must be between 1 and {high}, not {getattr(args, name)}",
+        )
+        for name, high in (
+            ("max_batch", MAX_PREDICT_BATCH),
+            ("batch_size", MAX_PREDICT_BATCH),
+            ("max_descriptions", MAX_PREDICT_BATCH),
+            ("max_body_kb", 1 << 20),
+        )
+    ]
+    return _first_problem(
+        [
+            *checks,
+            (
+                _in(args.batch_wait_ms, 0, 60_000),
+                f"--batch-wait-ms must be between 0 and 60000, not {args.batch_wait_ms}",
+            ),
+            (_in(args.port, 0, 65535), f"--port must be between 0 and 65535, not {args.port}"),
+            (
+                _in(args.threads, 0, cores),
+                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
+            ),
+            (
+                _in(args.graceful_timeout_s, 0, 3600),
+                f"--graceful-timeout-s must be between 0 and 3600, not {args.graceful_timeout_s}",
+            ),
+        ]
+    )

@@ -396,8 +396,10 @@ def test_bad_model_and_busy_port_are_one_line_errors(trained, tmp_path):
     not_a_run.write_text("not a zip")
     bad_zip = run_script("serve.py", "--model", not_a_run, "--port", free_port())
     assert bad_zip.returncode == 2 and "Traceback" not in bad_zip.stderr
-    flag = run_script("serve.py", "--model", trained, "--max-batch", "0")
-    assert flag.returncode == 2 and "--max-batch must be at least 1" in flag.stderr
+    for flag, value in (("--max-batch", "0"), ("--threads", "-1"), ("--graceful-timeout-s", "-5"), ("--port", "70000")):
+        refused = run_script("serve.py", "--model", trained, flag, value)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {flag} must be between"), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
