@@ -52,6 +52,11 @@ def threads_per_process(requested):
     return max(1, usable_cores() // processes_on_this_machine())
 
 
+def _started_alone_by_accelerate():
+    """accelerate's plain launcher set this process up (MASTER_ADDR for N > 1) but started no process group."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
+
+
 def accelerate_plain_launch_args():
     """`accelerate launch`'s own arguments when its plain launcher started this as the only process, else None.
 
@@ -59,7 +64,7 @@ def accelerate_plain_launch_args():
     process and leaves the other N - 1 to mpirun; it sets MASTER_ADDR but no WORLD_SIZE. Its arguments
     are read back from the launcher's command line (Linux /proc), the one place that still has N.
     """
-    if "ACCELERATE_MIXED_PRECISION" not in os.environ or "MASTER_ADDR" not in os.environ or "WORLD_SIZE" in os.environ:
+    if not _started_alone_by_accelerate():
         return None
     try:
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
@@ -84,7 +89,7 @@ def relaunch_if_accelerate_started_one():
     Trainer then uses gloo on CPU and nccl on GPUs. Several machines, or N that cannot be read back, get
     a note saying which command starts them instead.
     """
-    if "ACCELERATE_MIXED_PRECISION" not in os.environ or "MASTER_ADDR" not in os.environ or "WORLD_SIZE" in os.environ:
+    if not _started_alone_by_accelerate():
         return
     launched = accelerate_plain_launch_args()
     processes = getattr(launched, "num_processes", None)
