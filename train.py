@@ -158,6 +158,13 @@ def build_parser():
         "--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
     )
     p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed for the split alone, so runs that differ only in --seed share their rows and can be ensembled "
+        "(default: --seed)",
+    )
+    p.add_argument(
         "--output",
         default=str(runs.DEFAULT_RUN),
         help="run folder to write; a .zip of it is written beside (default: %(default)s)",
@@ -194,6 +201,12 @@ def build_parser():
         "--freeze-encoder",
         action="store_true",
         help="keep the pretrained encoder fixed: embed every text once, then fit only the head (seconds, not minutes; one process)",
+    )
+    p.add_argument(
+        "--probe-first",
+        action="store_true",
+        help="fit the head on the frozen encoder's vectors first (as --freeze-encoder does, --frozen-head picks how), "
+        "then fine-tune everything from there (linear probe, then fine-tune)",
     )
     p.add_argument(
         "--frozen-head",
@@ -242,6 +255,8 @@ def output_problem(args):
         return f"--output: {problem}; move it or choose another --output so it is not overwritten"
     if args.freeze_encoder and args.resume:
         return "--resume continues a fine-tune from its checkpoints; a --freeze-encoder run has none: drop --resume"
+    if args.freeze_encoder and args.probe_first:
+        return "--probe-first fine-tunes after fitting the head; --freeze-encoder never fine-tunes: choose one"
     if args.freeze_encoder and distributed.world_size() > 1:
         return "--freeze-encoder fits its head in one process: run train.py without torchrun or accelerate launch"
     checkpoints = Path(args.checkpoint_dir) / output.name
@@ -277,6 +292,8 @@ def tidy_interrupted(args):
 args = build_parser().parse_args(([] if FULL_RUN else NOTEBOOK_QUICK_ARGS) if running_in_notebook() else sys.argv[1:])
 if problem := train_settings_problem(args):
     fail(problem)
+if args.split_seed is None:
+    args.split_seed = args.seed  # recorded as used, in train_config.json
 if not running_in_notebook():
     distributed.relaunch_if_accelerate_started_one()
 tidy_interrupted(args)
@@ -350,12 +367,12 @@ Y = gdata.encode_labels(gdata.fit_binarizer(movies["labels"]), movies["labels"])
 
 if test_movies is not None:
     test_idx = None
-    train_idx, val_idx = gdata.stratified_split(Y, args.val_fraction, args.seed)
+    train_idx, val_idx = gdata.stratified_split(Y, args.val_fraction, args.split_seed)
     test_texts = test_movies["text"].tolist()
 else:
-    rest_idx, test_idx = gdata.stratified_split(Y, args.test_fraction, args.seed)
+    rest_idx, test_idx = gdata.stratified_split(Y, args.test_fraction, args.split_seed)
     inner_train, inner_val = gdata.stratified_split(
-        Y[rest_idx], args.val_fraction / (1 - args.test_fraction), args.seed
+        Y[rest_idx], args.val_fraction / (1 - args.test_fraction), args.split_seed
     )
     train_idx, val_idx = rest_idx[inner_train], rest_idx[inner_val]
     test_texts = movies["text"].iloc[test_idx].tolist()
@@ -438,15 +455,20 @@ settings = {
 
 
 def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=False):
-    """Fine-tune a fresh classifier (or only its head on a frozen encoder); returns it and the training log."""
+    """Fine-tune a fresh classifier (or only its head on a frozen encoder, or that head first and then all of it).
+
+    Returns the model and the training log.
+    """
     transformers.set_seed(args.seed)
     model = build_classifier(base_path, labels, args.pooling, args.dropout, positive_weights(Y_train, args.pos_weight))
-    if args.freeze_encoder:
+    if args.freeze_encoder or (args.probe_first and not resume):  # a resumed run's checkpoint has its head
         log = train_frozen_head(
             model, tokenizer, train_texts, Y_train, val_texts, Y_val, settings, args.threshold,
             args.frozen_head, args.dropout, args.max_length,
         )  # fmt: skip
-        return model, log
+        if args.freeze_encoder:
+            return model, log
+        print("head fitted on the frozen encoder; now fine-tuning everything from it", flush=True)
     trainer = fine_tune(
         model,
         tokenizer,
@@ -469,8 +491,8 @@ def train_model(train_texts, Y_train, val_texts, Y_val, checkpoint_dir, resume=F
 # %%
 if args.folds:
     fold_results = []
-    for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.seed)):
-        inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.seed)
+    for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
+        inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.split_seed)
         tr, va = rest[inner_train], rest[inner_val]
         print(f"fold {fold + 1}/{args.folds}: train {len(tr)} | validation {len(va)} | test {len(held_out)}")
         model, _ = train_model(

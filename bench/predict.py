@@ -15,27 +15,14 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def run_measured(command):
-    """Wall seconds and peak RSS (MiB) of one child process."""
-    started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = child.stderr.read().decode()
-    child.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+from measure import run_measured  # noqa: E402  (bench/measure.py, beside this script)
 
 
 def plain_torch_loop(model_dir, input_file, batch_size):
@@ -161,7 +148,7 @@ def main():
                 *extra,
             ]
         for label, command in cases.items():
-            wall, rss = run_measured(command)
+            wall, rss, _ = run_measured(command)
             results[label] = (args.rows / wall, rss)
             print(f"  {label:<28} {args.rows / wall:8.1f} descriptions/s   peak RSS {rss:7.0f} MiB   ({wall:.1f} s)")
         if not default_only:
@@ -172,7 +159,7 @@ def main():
         if args.flat_rows and not default_only:
             big = Path(tmp) / "many.txt"
             write_descriptions(big, args.flat_rows, args.data)
-            wall, rss = run_measured(
+            wall, rss, _ = run_measured(
                 [
                     python,
                     "predict.py",

@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from measure import run_measured  # noqa: E402  (bench/measure.py, beside this script)
+
 SETTINGS = {"batching on": [], "batching off": ["--max-batch", "1"]}
 
 
@@ -44,16 +46,9 @@ def predict_throughput(model, descriptions, tmp):
     """descriptions/s of predict.py --input over the file, wall time of the whole process."""
     source, output = Path(tmp) / "descriptions.txt", Path(tmp) / "tagged.jsonl"
     source.write_text("\n".join(descriptions) + "\n")
-    started = time.perf_counter()
     command = [sys.executable, "predict.py", "--model", str(model), "--input", str(source), "--output", str(output)]
-    child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = child.stderr.read().decode()
-    child.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"predict.py failed: {stderr[-2000:]}")
-    return len(descriptions) / wall, wall, usage.ru_utime + usage.ru_stime
+    wall, _, cpu = run_measured(command)
+    return len(descriptions) / wall, wall, cpu
 
 
 def free_port():

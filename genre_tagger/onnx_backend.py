@@ -51,12 +51,17 @@ class OnnxTagger:
     def __init__(self, folder, variant=None, threads=0, origin=None, spinning=True, check_manifest=True):
         import onnxruntime
 
-        from genre_tagger.runs import labels_of, read_run_json, verify_files
+        from genre_tagger.runs import ZIP_LEFT_OUT, labels_of, read_run_json, verify_files
 
         folder = Path(folder)
         origin = origin or folder
         info = read_run_json(folder, "onnx.json", origin)
         variant = variant or info.get("default", "fp32")
+        if isinstance(info.get(ZIP_LEFT_OUT), dict) and variant in info[ZIP_LEFT_OUT]:
+            raise UserError(
+                f"{origin} leaves out the ONNX {variant} model to stay small (its run folder has it; or unzip it "
+                f"and run python -m genre_tagger.export FOLDER); or use --onnx-variant {' or '.join(info['files'])}"
+            )
         if variant not in info.get("files", {}):
             raise UserError(f"{origin} has no ONNX {variant} model; choose --onnx-variant {' or '.join(info['files'])}")
         model_file = info["files"][variant]

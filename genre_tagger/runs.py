@@ -14,6 +14,8 @@ Layout of a run folder:
     plots/*.png          pictures of the evaluation
     manifest.json        sha256 and size of every other file: opening a run checks it
 
+Its zip holds the same, less the ONNX variant predict.py does not use by default (see _zip_rewrites).
+
 An ensemble run (`python -m genre_tagger.ensemble`) has ensemble.json instead of model.safetensors and
 its members' prediction files in members/<i>/, each member with its own manifest.json.
 
@@ -38,6 +40,7 @@ from genre_tagger import UserError
 DEFAULT_RUN = Path("models/genre-classifier")
 REQUIRED_FILES = ("config.json", "model.safetensors", "thresholds.json", "train_config.json")
 MANIFEST = "manifest.json"
+ZIP_LEFT_OUT = "left_out_of_zip"  # onnx.json in a zip: the ONNX variants its folder has and the zip does not
 ENSEMBLE_FILE = "ensemble.json"
 ENSEMBLE_MODEL_TYPE = "genre_tagger_ensemble"  # config.json's model_type in an ensemble run
 ENSEMBLE_REQUIRED_FILES = ("config.json", ENSEMBLE_FILE, "thresholds.json", "train_config.json")
@@ -211,6 +214,16 @@ def _verify_one(folder, name, entry, origin, full):
         )
 
 
+def recorded_sha256(folder, name, origin=None):
+    """sha256 of a run file, as its manifest records it (checked by verify_files before use); hashed if none."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        entry = _manifest_of(folder, origin or folder).get(name)
+        if entry is not None:
+            return entry["sha256"]
+    return sha256_of(folder / name)
+
+
 def verify_manifest(folder, origin=None):
     """Check every file of a run against its manifest: sizes of all, sha256 of all but LARGE_FILES.
 
@@ -289,16 +302,52 @@ def publish_folder(staged, final):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _zip_rewrites(folder):
+    """(names left out, {name: new bytes}): what a run's zip holds that differs from its folder.
+
+    A zip carries what reloading and predicting need: model.safetensors (and the rest) for PyTorch and
+    Hugging Face, and the one ONNX graph predict.py uses by default. The other variant (fp32 beside an
+    int8 default: as big as the weights themselves) stays in the folder; the zip's onnx.json says so
+    (`left_out_of_zip`), and its manifest describes the zip's own files.
+    """
+    try:
+        info = json.loads((folder / "onnx.json").read_text())
+        left_out = {v: f for v, f in info["files"].items() if v != info["default"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set(), {}  # no export, or a damaged one that opening the zip will refuse anyway
+    if not left_out or not all(isinstance(f, str) and (folder / f).is_file() for f in left_out.values()):
+        return set(), {}
+    onnx = {**info, "files": {info["default"]: info["files"][info["default"]]}, ZIP_LEFT_OUT: left_out}
+    rewrites = {"onnx.json": (json.dumps(onnx, indent=2, sort_keys=False) + "\n").encode()}
+    if (folder / MANIFEST).is_file():
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = {k: v for k, v in manifest["files"].items() if k not in left_out.values()}
+        files["onnx.json"] = {
+            "sha256": hashlib.sha256(rewrites["onnx.json"]).hexdigest(),
+            "bytes": len(rewrites["onnx.json"]),
+        }
+        rewrites[MANIFEST] = (json.dumps({**manifest, "files": files}, indent=2) + "\n").encode()
+    return set(left_out.values()), rewrites
+
+
 def zip_folder(folder, zip_path):
-    """Zip a run folder (entries relative to it) via a temporary file, then rename into place."""
+    """Zip a run folder (entries relative to it; see _zip_rewrites) via a temporary file, then rename into place."""
     folder, zip_path = Path(folder), Path(zip_path)
+    left_out, rewrites = _zip_rewrites(folder)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".part", dir=zip_path.parent)
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp_name, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             for path in sorted(folder.rglob("*")):
-                if path.is_file():
-                    archive.write(path, path.relative_to(folder).as_posix())
+                name = path.relative_to(folder).as_posix()
+                if not path.is_file() or name in left_out:
+                    continue
+                if name in rewrites:
+                    entry = zipfile.ZipInfo.from_file(path, name)
+                    entry.compress_type = zipfile.ZIP_DEFLATED
+                    archive.writestr(entry, rewrites[name], compresslevel=1)
+                else:
+                    archive.write(path, name)
         os.chmod(tmp_name, _umask_mode(0o666))
         os.replace(tmp_name, zip_path)
     finally:

@@ -51,7 +51,16 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
     with integrity checks, switch to it here.
     """
     from genre_tagger.onnx_backend import OnnxTagger
-    from genre_tagger.runs import MANIFEST, OpenRun, is_ensemble, labels_of, read_run_json, sha256_of, thresholds_of
+    from genre_tagger.runs import (
+        MANIFEST,
+        OpenRun,
+        is_ensemble,
+        labels_of,
+        read_run_json,
+        recorded_sha256,
+        sha256_of,
+        thresholds_of,
+    )
     from genre_tagger.tagger import EnsembleTagger
 
     with OpenRun(path) as folder:
@@ -64,10 +73,9 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
             if not (folder / "onnx.json").exists():
                 raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
             onnx_info = read_run_json(folder, "onnx.json", path)
-            if variant is not None and variant not in onnx_info["files"]:
-                raise UserError(f"{path} has no {variant} ONNX model (it has: {', '.join(onnx_info['files'])})")
             tagger = OnnxTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
-            model_sha256 = sha256_of(folder / onnx_info["files"][tagger.variant])
+            # The backend has just checked the file against the manifest: its recorded hash is the file's.
+            model_sha256 = recorded_sha256(folder, onnx_info["files"][tagger.variant], path)
             max_tokens = onnx_info.get("max_length")
         metrics = read_run_json(folder, "metrics.json", path) if (folder / "metrics.json").exists() else {}
         train_config = read_run_json(folder, "train_config.json", path)

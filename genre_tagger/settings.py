@@ -64,6 +64,10 @@ def train_settings_problem(args, cores=None):
             ),
             (_in(args.seed, 0, MAX_SEED), f"--seed must be between 0 and {MAX_SEED}, not {args.seed}"),
             (
+                args.split_seed is None or _in(args.split_seed, 0, MAX_SEED),
+                f"--split-seed must be between 0 and {MAX_SEED}, not {args.split_seed}",
+            ),
+            (
                 _in(args.save_steps, 0, 10**9),
                 f"--save-steps must be 0 (every epoch) or a positive step count, not {args.save_steps}",
             ),

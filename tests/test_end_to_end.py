@@ -55,6 +55,32 @@ def test_checkpoints_are_cleaned_and_zip_holds_the_run(trained):
     assert not any(name.startswith("/") or ".." in name for name in names)
 
 
+def test_zip_leaves_out_the_onnx_graph_predict_does_not_use(trained):
+    import genre_tagger
+    from genre_tagger.runs import OpenRun, verify_manifest
+
+    folder, zipped = trained["output"], trained["zip"]
+    info = json.loads((folder / "onnx.json").read_text())
+    unused = {v: f for v, f in info["files"].items() if v != info["default"]}
+    assert unused, "train.py keeps both ONNX variants in the folder"
+    in_folder = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    with zipfile.ZipFile(zipped) as archive:
+        assert set(archive.namelist()) == in_folder - set(unused.values())
+    with OpenRun(zipped) as opened:
+        assert verify_manifest(opened)  # the zip's manifest describes the zip's own files
+        zip_info = json.loads((opened / "onnx.json").read_text())
+        assert zip_info["files"] == {info["default"]: info["files"][info["default"]]}
+        assert zip_info["left_out_of_zip"] == unused and zip_info["check"] == info["check"]
+    variant = next(iter(unused))
+    genres = len(json.loads((folder / "config.json").read_text())["id2label"])
+    assert genre_tagger.load_tagger(folder, variant=variant).probabilities(DESCRIPTIONS[:1]).shape == (1, genres)
+    with pytest.raises(UserError, match="leaves out the ONNX"):
+        genre_tagger.load_tagger(zipped, variant=variant)
+    refused = run_script("predict.py", "--model", zipped, "--onnx-variant", variant, DESCRIPTIONS[0])
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "genre_tagger.export" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_predict_from_folder_and_zip_give_identical_output(trained):
     from_folder = run_script("predict.py", "--model", trained["output"], "--json", *DESCRIPTIONS)
     from_zip = run_script("predict.py", "--model", trained["zip"], "--json", *DESCRIPTIONS)

@@ -68,6 +68,27 @@ def test_ensemble_run_describes_itself_and_scores_the_shared_test_rows(ensemble,
     assert len(metrics["members_test"]) == 2
 
 
+def test_split_seed_lets_runs_of_another_seed_share_the_split_and_be_ensembled(
+    tmp_path, tiny_distilbert, imdb_csv, trained
+):
+    def frozen_run(name, *seeds):
+        result = run_script(
+            "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--freeze-encoder",
+            *seeds, "--output", tmp_path / name, "--checkpoint-dir", tmp_path / "checkpoints",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return tmp_path / name
+
+    shared = frozen_run("shared", "--seed", "7", "--split-seed", "42")  # `trained` used seed 42 for both
+    alone = frozen_run("alone", "--seed", "7")
+    splits = [(run / "split.csv").read_text() for run in (shared, trained["output"], alone)]
+    assert splits[0] == splits[1] != splits[2]
+    settings = json.loads((shared / "train_config.json").read_text())["settings"]
+    assert (settings["seed"], settings["split_seed"]) == (7, 42)
+    assert build(trained["output"], shared, "--output", tmp_path / "ens").returncode == 0
+    assert build(trained["output"], alone, "--output", tmp_path / "refused").returncode == 2
+
+
 def test_weights_are_applied_and_normalised(tmp_path, trained, frozen_member):
     result = build(trained["output"], frozen_member, "--weights", "3", "1", "--output", tmp_path / "weighted")
     assert result.returncode == 0, result.stderr

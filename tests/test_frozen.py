@@ -100,6 +100,37 @@ def test_frozen_run_has_a_manifest_and_loads_with_the_hugging_face_auto_classes(
     assert np.allclose(torch.sigmoid(logits).numpy(), expected, atol=1e-5)
 
 
+def test_probe_first_fine_tunes_from_the_head_a_frozen_run_fits(frozen_run, imdb_csv, tmp_path):
+    """--probe-first: the same head as --freeze-encoder (same rows and seed), then the Trainer from there.
+
+    At a vanishing learning rate the fine-tune cannot move the weights, so the saved head is the probe's.
+    """
+    from safetensors.torch import load_file
+
+    output = tmp_path / "run"
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "200", "--model", frozen_run["base"], "--probe-first",
+        "--epochs", "1", "--lr", "1e-12", "--head-lr", "1e-12", "--output", output, "--checkpoint-dir", tmp_path / "ck",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "now fine-tuning everything from it" in result.stdout
+    probed = load_file(str(frozen_run["output"] / "model.safetensors"))
+    tuned = load_file(str(output / "model.safetensors"))
+    for name in ("classifier.weight", "classifier.bias"):
+        assert probed[name].abs().sum() > 0
+        assert np.allclose(tuned[name].numpy(), probed[name].numpy(), atol=1e-5), name
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert any("eval_macro_f1" in entry and "head_C" not in entry for entry in metrics["log_history"])
+    settings = json.loads((output / "train_config.json").read_text())["settings"]
+    assert settings["probe_first"] is True and settings["freeze_encoder"] is False
+
+
+def test_probe_first_with_freeze_encoder_is_refused_before_any_work(tmp_path):
+    result = run_script("train.py", "--output", tmp_path / "run", "--freeze-encoder", "--probe-first")
+    assert result.returncode == 2 and "choose one" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_freeze_encoder_with_resume_is_refused_before_any_work(tmp_path):
     result = run_script("train.py", "--output", tmp_path / "run", "--freeze-encoder", "--resume")
     assert result.returncode == 2 and "drop --resume" in result.stderr

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from conftest import ROOT, run_script
-from genre_tagger.runs import labels_of
+from genre_tagger.runs import labels_of, sha256_of
 
 DESCRIPTIONS = [
     "A retired hitman seeks revenge on the gangsters who killed his dog.",
@@ -124,7 +124,9 @@ def test_genres_model_health_and_docs(server, trained):
     assert model["thresholds"] == saved
     assert model["base_model"] == metrics["base_model"]
     assert model["metrics"]["test"]["macro_f1"] == metrics["test"]["macro_f1"]
-    assert model["onnx_variant"] in ("int8", "fp32") and len(model["model_sha256"]) == 64
+    onnx = json.loads((trained / "onnx.json").read_text())
+    assert model["onnx_variant"] == onnx["default"]
+    assert model["model_sha256"] == sha256_of(trained / onnx["files"][onnx["default"]])
     assert server.client.get("/healthz").json() == {"status": "ok"}
     assert server.client.get("/readyz").json()["status"] == "ready"
     assert "/v1/tag" in server.client.get("/openapi.json").json()["paths"]
