@@ -55,7 +55,7 @@ def _namespace(**values):
     defaults = dict(
         epochs=1, grad_accum=1, batch_size=16, max_length=128, patience=3, limit=0, dropout=0.1, lr=1e-4, head_lr=2e-3,
         layer_decay=1.0, weight_decay=0.01, warmup_ratio=0.1, val_fraction=0.1, test_fraction=0.1, threshold=0.3,
-        folds=0, seed=42, save_steps=0, save_total_limit=2, threads=0, text_column="Description",
+        folds=0, seed=42, split_seed=None, save_steps=0, save_total_limit=2, threads=0, text_column="Description",
         label_column="Genre", output="models/run",
     )  # fmt: skip
     return argparse.Namespace(**{**defaults, **values})
@@ -87,6 +87,7 @@ NUMBERS = st.one_of(
             "threshold",
             "folds",
             "seed",
+            "split_seed",
             "save_steps",
             "save_total_limit",
             "threads",
@@ -99,7 +100,14 @@ def test_train_settings_accept_only_their_ranges(name, value):
     flag = "--" + name.replace("_", "-")
     if problem is None:
         assert value == value and abs(value) != float("inf")  # no NaN or infinity gets through
-        ranges = {"threads": (0, 2), "seed": (0, MAX_SEED), "dropout": (0, 1), "lr": (0, 1), "threshold": (0, 1)}
+        ranges = {
+            "threads": (0, 2),
+            "seed": (0, MAX_SEED),
+            "split_seed": (0, MAX_SEED),
+            "dropout": (0, 1),
+            "lr": (0, 1),
+            "threshold": (0, 1),
+        }
         low, high = ranges.get(name, (0, float("inf")))
         assert low <= value <= high
     else:
