@@ -313,20 +313,21 @@ def _zip_rewrites(folder):
     try:
         info = json.loads((folder / "onnx.json").read_text())
         left_out = {v: f for v, f in info["files"].items() if v != info["default"]}
+        graphs = [f for f in left_out.values() if isinstance(f, str) and f.endswith(".onnx") and (folder / f).is_file()]
+        if not left_out or len(graphs) != len(left_out):
+            return set(), {}
+        onnx = {**info, "files": {info["default"]: info["files"][info["default"]]}, ZIP_LEFT_OUT: left_out}
+        rewrites = {"onnx.json": (json.dumps(onnx, indent=2) + "\n").encode()}
+        if (folder / MANIFEST).is_file():
+            manifest = json.loads((folder / MANIFEST).read_text())
+            files = {k: v for k, v in manifest["files"].items() if k not in left_out.values()}
+            files["onnx.json"] = {
+                "sha256": hashlib.sha256(rewrites["onnx.json"]).hexdigest(),
+                "bytes": len(rewrites["onnx.json"]),
+            }
+            rewrites[MANIFEST] = (json.dumps({**manifest, "files": files}, indent=2) + "\n").encode()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return set(), {}  # no export, or a damaged one that opening the zip will refuse anyway
-    if not left_out or not all(isinstance(f, str) and (folder / f).is_file() for f in left_out.values()):
-        return set(), {}
-    onnx = {**info, "files": {info["default"]: info["files"][info["default"]]}, ZIP_LEFT_OUT: left_out}
-    rewrites = {"onnx.json": (json.dumps(onnx, indent=2, sort_keys=False) + "\n").encode()}
-    if (folder / MANIFEST).is_file():
-        manifest = json.loads((folder / MANIFEST).read_text())
-        files = {k: v for k, v in manifest["files"].items() if k not in left_out.values()}
-        files["onnx.json"] = {
-            "sha256": hashlib.sha256(rewrites["onnx.json"]).hexdigest(),
-            "bytes": len(rewrites["onnx.json"]),
-        }
-        rewrites[MANIFEST] = (json.dumps({**manifest, "files": files}, indent=2) + "\n").encode()
+        return set(), {}  # no export, or damaged files that opening the zip will refuse anyway
     return set(left_out.values()), rewrites
 
 

@@ -1,3 +1,4 @@
+import json
 import zipfile
 
 import pytest
@@ -56,6 +57,25 @@ def test_zip_roundtrip_and_extraction_is_temporary(tmp_path):
     assert zipped.exists()
 
 
+@pytest.mark.parametrize(
+    "onnx",
+    [
+        "not json",
+        {"files": "model.onnx", "default": "int8"},
+        {"files": {"fp32": "config.json", "int8": "model.int8.onnx"}, "default": "int8"},  # not a graph
+        {"files": {"fp32": "absent.onnx", "int8": "model.int8.onnx"}, "default": "int8"},
+    ],
+)
+def test_zip_leaves_out_nothing_when_onnx_json_is_damaged_or_names_no_other_graph(tmp_path, onnx):
+    folder = make_run(tmp_path / "run")
+    (folder / "model.int8.onnx").write_bytes(b"graph")
+    (folder / "onnx.json").write_text(onnx if isinstance(onnx, str) else json.dumps(onnx))
+    runs.write_manifest(folder)
+    with zipfile.ZipFile(runs.zip_folder(folder, tmp_path / "run.zip")) as archive:
+        assert sorted(archive.namelist()) == sorted(p.name for p in folder.iterdir())
+        assert archive.read("onnx.json") == (folder / "onnx.json").read_bytes()
+
+
 def test_publish_replaces_the_old_run_only_when_the_new_one_is_complete(tmp_path):
     final = make_run(tmp_path / "models" / "run", marker="old")
     staged = runs.staging_folder(final)
@@ -84,7 +104,6 @@ def test_thresholds_of_reads_numbers_and_saved_choices(tmp_path):
 
 def test_export_tool_reexports_reseals_and_rezips(trained, tmp_path):
     """`python -m genre_tagger.export` on a copy of a run: fresh ONNX files, a manifest that verifies, a new zip."""
-    import json
     import shutil
 
     from conftest import run_script
