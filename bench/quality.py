@@ -16,19 +16,17 @@ maximum RSS, from the operating system's accounting of the finished child).
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from measure import run_measured  # bench/measure.py, beside this script
 from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parent.parent
+
 METRICS = ["macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"]
 # (row name, path of keys into metrics.json); the fine-tuned rows first, then the baselines.
 ROWS = [
@@ -132,26 +130,10 @@ def run_seed(seed, args, train_path, test_path, work, extra):
         *extra,
     ]
     print(f"\n=== seed {seed}: {' '.join(command)}", flush=True)
-    started = time.time()
     # train.py runs from the repository root, as its relative defaults expect; its log streams through.
-    process = subprocess.Popen(command, cwd=ROOT)
-    watchdog = threading.Timer(args.timeout, process.kill)
-    watchdog.start()
-    try:
-        # wait4 gives this child's own resource usage: its peak RSS (kB on Linux), not the sum of all runs.
-        _, status, usage = os.wait4(process.pid, 0)
-    except BaseException:
-        process.kill()
-        raise
-    finally:
-        watchdog.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise subprocess.CalledProcessError(process.returncode, command)
-    peak_rss_mb = usage.ru_maxrss / 1024
+    wall, peak_rss_mb, _ = run_measured(command, timeout=args.timeout, quiet=False)
     print(
-        f"=== seed {seed} finished in {time.time() - started:.0f} s (wall clock, whole run), peak RSS {peak_rss_mb:.0f} MB",
-        flush=True,
+        f"=== seed {seed} finished in {wall:.0f} s (wall clock, whole run), peak RSS {peak_rss_mb:.0f} MB", flush=True
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = json.loads((run_dir / "train_config.json").read_text())

@@ -11,7 +11,6 @@ reuse it; a partial or corrupt cache is removed and rebuilt from the packages. T
 only read as files, never imported.
 """
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -21,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 from genre_tagger import UserError
+from genre_tagger.runs import sha256_of
 
 MPNET_ALIAS = "mpnet"
 MPNET_NAME = "sentence-transformers/all-mpnet-base-v2 (packaged)"
@@ -34,14 +34,6 @@ MARKER = ".genre-tagger-complete.json"  # written last: a folder without it is a
 
 def cache_root():
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "genre-tagger")
-
-
-def sha256_file(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_part_paths(packages=None):
@@ -79,7 +71,7 @@ def cache_is_complete(folder, weights_sha256):
         for name, size in marker["sizes"].items():
             if (folder / name).stat().st_size != size:
                 return False
-        return sha256_file(folder / "model.safetensors") == weights_sha256
+        return sha256_of(folder / "model.safetensors") == weights_sha256
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -127,7 +119,7 @@ def ensure_split_model(part_paths, folder_name, weights_sha256, root=None):
     staging = Path(tempfile.mkdtemp(prefix=f".{folder_name}.building-", dir=root))
     try:
         extracted = _extract_joined(part_paths, staging, folder_name)
-        actual = sha256_file(extracted / "model.safetensors")
+        actual = sha256_of(extracted / "model.safetensors")
         if actual != weights_sha256:
             raise UserError(
                 f"{folder_name}/model.safetensors has sha256 {actual}, not the published {weights_sha256}; "

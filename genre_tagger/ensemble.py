@@ -29,6 +29,7 @@ from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_labe
 from genre_tagger.runs import (
     ENSEMBLE_FILE,
     ENSEMBLE_MODEL_TYPE,
+    ZIP_LEFT_OUT,
     OpenRun,
     is_ensemble,
     labels_of,
@@ -129,7 +130,7 @@ def check_members(opened, folders):
             raise UserError(
                 f"{run.origin} was trained on another split than {first} (split.csv differs): a member that saw "
                 "another's test rows would make the test score dishonest; train every member with the same "
-                "--data, --test-data, fractions and --seed"
+                "--data, --test-data, fractions and --seed (or --split-seed)"
             )
     return labels
 
@@ -142,7 +143,7 @@ def copy_member(folder, origin, target):
     target.mkdir(parents=True)
     for name in (*MEMBER_FILES, model_file):
         shutil.copyfile(folder / name, target / name)
-    kept = {key: value for key, value in onnx.items() if key != "files"}
+    kept = {key: value for key, value in onnx.items() if key not in ("files", ZIP_LEFT_OUT)}
     write_json(target / "onnx.json", {**kept, "files": {onnx.get("default", "fp32"): model_file}})
     write_manifest(target)
     return model_file

@@ -99,7 +99,7 @@ class OnnxTagger:
                 "genres); re-export with python -m genre_tagger.export RUN"
             )
         self.tokenizer = load_tokenizer(folder, info["max_length"], origin)
-        self.origin = origin
+        self.model_file, self.max_length, self.origin = model_file, info["max_length"], origin
 
     def unknown_token_shares(self, texts):
         return unknown_token_shares(self.tokenizer, texts)

@@ -18,7 +18,6 @@ from typing import Annotated, Literal
 
 import numpy as np
 
-from genre_tagger import UserError
 from genre_tagger.data import clean_text
 from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
 
@@ -45,12 +44,7 @@ class ServedRun:
 
 
 def load_served_run(path, variant=None, threads=0, spinning=False):
-    """Open a run (folder or zip) and load it on the ONNX backend.
-
-    The only place the service touches the run-loading code: when genre_tagger.runs gains a public loader
-    with integrity checks, switch to it here.
-    """
-    from genre_tagger.onnx_backend import OnnxTagger
+    """Open a run (folder or zip) and load it on the ONNX backend, through predict.py's own open_tagger."""
     from genre_tagger.runs import (
         MANIFEST,
         OpenRun,
@@ -61,22 +55,15 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         sha256_of,
         thresholds_of,
     )
-    from genre_tagger.tagger import EnsembleTagger
+    from genre_tagger.tagger import open_tagger
 
     with OpenRun(path) as folder:
         labels = labels_of(folder)
-        if is_ensemble(folder):
-            # Each member on its own ONNX export, probabilities averaged; the manifest names every member file.
-            tagger = EnsembleTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
-            model_sha256, max_tokens = sha256_of(folder / MANIFEST), tagger.max_length
-        else:
-            if not (folder / "onnx.json").exists():
-                raise UserError(f"{path} has no ONNX export; run: python -m genre_tagger.export {path}")
-            onnx_info = read_run_json(folder, "onnx.json", path)
-            tagger = OnnxTagger(folder, variant=variant, threads=threads, origin=path, spinning=spinning)
-            # The backend has just checked the file against the manifest: its recorded hash is the file's.
-            model_sha256 = recorded_sha256(folder, onnx_info["files"][tagger.variant], path)
-            max_tokens = onnx_info.get("max_length")
+        tagger = open_tagger(folder, "onnx", variant, threads, path, spinning=spinning)
+        if is_ensemble(folder):  # each member on its own ONNX export; the manifest names every member file
+            model_sha256 = sha256_of(folder / MANIFEST)
+        else:  # the backend has just checked the file against the manifest: its recorded hash is the file's
+            model_sha256 = recorded_sha256(folder, tagger.model_file, path)
         metrics = read_run_json(folder, "metrics.json", path) if (folder / "metrics.json").exists() else {}
         train_config = read_run_json(folder, "train_config.json", path)
         saved_thresholds = read_run_json(folder, "thresholds.json", path)
@@ -87,7 +74,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         "genres": len(labels),
         "onnx_variant": tagger.variant,
         "model_sha256": model_sha256,
-        "max_tokens": max_tokens,
+        "max_tokens": tagger.max_length,
         "metrics": {
             split: {key: metrics[split][key] for key in METRIC_KEYS if key in metrics[split]}
             for split in ("test", "test_tuned_global", "test_tuned_per_genre")

@@ -139,19 +139,22 @@ class EnsembleTagger:
         )
 
 
-def open_tagger(folder, backend, variant, threads, origin=None):
-    """The backend that computes probabilities for an opened run folder (predict.py's entry point)."""
+def open_tagger(folder, backend, variant, threads, origin=None, spinning=True):
+    """The backend that computes probabilities for an opened run folder (predict.py's and serve.py's entry point).
+
+    spinning=False lets onnxruntime's idle threads sleep (serve.py, whose cores are shared with HTTP).
+    """
     if backend not in BACKENDS:
         raise UserError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if is_ensemble(folder):
-        return EnsembleTagger(folder, backend, variant, threads, origin)
+        return EnsembleTagger(folder, backend, variant, threads, origin, spinning)
     has_onnx = (Path(folder) / "onnx.json").exists()
     if backend == "onnx" and not has_onnx:
         raise UserError(f"{origin or folder} has no ONNX export; run: python -m genre_tagger.export RUN_FOLDER")
     if backend == "onnx" or (backend == "auto" and has_onnx):
         from genre_tagger.onnx_backend import OnnxTagger
 
-        return OnnxTagger(folder, variant=variant, threads=threads, origin=origin)
+        return OnnxTagger(folder, variant=variant, threads=threads, origin=origin, spinning=spinning)
     if backend == "auto":
         note(
             f"{origin or folder} has no ONNX export, so the PyTorch backend runs (slower to start); "
