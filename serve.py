@@ -20,7 +20,8 @@ import signal
 import sys
 
 from genre_tagger import UserError
-from genre_tagger.runs import DEFAULT_RUN
+from genre_tagger.cli import run_main
+from genre_tagger.run import DEFAULT_RUN
 from genre_tagger.settings import serve_settings_problem
 
 
@@ -145,8 +146,4 @@ def _exit_cleanly(signum, frame):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

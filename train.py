@@ -20,10 +20,12 @@ import pandas as pd
 import torch
 import transformers
 
-from genre_tagger import UserError, distributed, plots, runs
+from genre_tagger import UserError, distributed, plots, save
 from genre_tagger import data as gdata
 from genre_tagger import metrics as gmetrics
+from genre_tagger import run as grun
 from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
+from genre_tagger.common import printable, write_json
 from genre_tagger.frozen import train_frozen_head
 from genre_tagger.modeling import (
     DEFAULT_BASE_MODEL,
@@ -166,7 +168,7 @@ def build_parser():
     )
     p.add_argument(
         "--output",
-        default=str(runs.DEFAULT_RUN),
+        default=str(grun.DEFAULT_RUN),
         help="run folder to write; a .zip of it is written beside (default: %(default)s)",
     )
     p.add_argument(
@@ -228,7 +230,7 @@ def one_line_excepthook(kind, error, trace):
         return
     first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
     print(
-        f"error: unexpected {kind.__name__}: {runs.printable(first)} (a bug: please report it; "
+        f"error: unexpected {kind.__name__}: {printable(first)} (a bug: please report it; "
         "GENRE_TAGGER_DEBUG=1 shows the traceback)",
         file=sys.stderr,
     )
@@ -238,7 +240,7 @@ def fail(message):
     """Stop with one line that says what to do (an exception in a notebook, where exiting would kill the kernel)."""
     if running_in_notebook():
         raise UserError(message)
-    print(f"error: {runs.printable(message)}", file=sys.stderr)
+    print(f"error: {printable(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -249,9 +251,9 @@ if not running_in_notebook():
 def output_problem(args):
     """Refuse, before any work, to replace anything that is not a run of ours or to start over a resumable run."""
     output = Path(args.output)
-    if problem := runs.replace_problem(output):
+    if problem := save.replace_problem(output):
         return f"--output: {problem}; choose another folder so nothing of yours is replaced"
-    if problem := runs.zip_replace_problem(runs.zip_path_of(output)):
+    if problem := save.zip_replace_problem(grun.zip_path_of(output)):
         return f"--output: {problem}; move it or choose another --output so it is not overwritten"
     if args.freeze_encoder and args.resume:
         return "--resume continues a fine-tune from its checkpoints; a --freeze-encoder run has none: drop --resume"
@@ -272,12 +274,12 @@ def output_problem(args):
 def tidy_interrupted(args):
     """Remove what an interrupted train.py left behind for this --output, saying so; keep resumable work."""
     output = Path(args.output)
-    leftovers = runs.stale_leftovers(output)
+    leftovers = save.stale_leftovers(output)
     if leftovers:
-        runs.remove_paths(leftovers)
+        save.remove_paths(leftovers)
         print(f"note: removed {len(leftovers)} half-written leftover(s) of an interrupted save beside {output}")
     checkpoints = Path(args.checkpoint_dir) / output.name
-    manifest = output / runs.MANIFEST
+    manifest = output / grun.MANIFEST
     if (
         not args.resume
         and checkpoints.is_dir()
@@ -525,7 +527,7 @@ if args.folds:
         print(who.ljust(9), "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[who].items()))
     cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
     cv_path.parent.mkdir(parents=True, exist_ok=True)
-    runs.write_json(
+    write_json(
         cv_path,
         {
             "config": vars(args),
@@ -619,13 +621,13 @@ print(summary_table.round(4).to_string())
 # versions, metrics, thresholds, the split, pictures, and an ONNX export for fast CPU prediction.
 
 # %%
-staged = runs.staging_folder(output)
+staged = save.staging_folder(output)
 try:
     save_classifier(model, tokenizer, staged)
     import joblib  # noqa: E402
 
     joblib.dump(binarizer, staged / "binarizer.joblib")
-    runs.write_json(staged / "thresholds.json", {"default": args.threshold, **tuned})
+    write_json(staged / "thresholds.json", {"default": args.threshold, **tuned})
     split_rows = (
         [("train", i) for i in train_idx]
         + [("validation", i) for i in val_idx]
@@ -671,8 +673,8 @@ try:
         "baseline_tfidf_per_genre_test": baseline_report,
         "log_history": log_history,
     }
-    runs.write_json(staged / "metrics.json", metrics_payload)
-    runs.write_json(
+    write_json(staged / "metrics.json", metrics_payload)
+    write_json(
         staged / "train_config.json",
         {
             "settings": vars(args),
@@ -713,12 +715,12 @@ try:
         )
         + f"; predict.py uses {onnx_info['default']}"
     )
-    runs.write_manifest(staged)
-    runs.publish_folder(staged, output)
+    save.write_manifest(staged)
+    save.publish_folder(staged, output)
 finally:
     if staged.exists():
         shutil.rmtree(staged, ignore_errors=True)
-zip_path = runs.zip_folder(output, runs.zip_path_of(output))
+zip_path = save.zip_folder(output, grun.zip_path_of(output))
 shutil.rmtree(checkpoint_dir, ignore_errors=True)
 if checkpoint_dir.parent.exists() and not any(checkpoint_dir.parent.iterdir()):
     checkpoint_dir.parent.rmdir()

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.runs import sha256_of
+from genre_tagger.common import sha256_of
 
 MPNET_ALIAS = "mpnet"
 MPNET_NAME = "sentence-transformers/all-mpnet-base-v2 (packaged)"

@@ -15,7 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from genre_tagger.runs import reseal, run_folder_to_change, run_tool
+from genre_tagger.cli import run_main
+from genre_tagger.run import Run
+from genre_tagger.save import mark_own, reseal, run_folder_to_change
 
 REWRITTEN = ("config.json", "model.safetensors", "hf_classifier.py")
 
@@ -25,10 +27,12 @@ def convert_run(folder):
     from genre_tagger.modeling import is_legacy_run, load_classifier, save_classifier
 
     folder = Path(folder)
-    if not is_legacy_run(folder):
+    with Run.open(folder) as run:
+        config = run.config
+    if not is_legacy_run(config):
         return False
-    model, tokenizer = load_classifier(folder)
-    staged = Path(tempfile.mkdtemp(prefix=f".{folder.name}.converting-", dir=folder.parent))
+    model, tokenizer = load_classifier(folder, config)
+    staged = mark_own(tempfile.mkdtemp(prefix=f".{folder.name}.converting-", dir=folder.parent))
     try:
         save_classifier(model, tokenizer, staged)
         # Each file is renamed into place whole: an interruption leaves the old or the new file, never half.
@@ -53,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    run_main(main)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from genre_tagger import UserError
-from genre_tagger.runs import printable, sha256_of
+from genre_tagger.common import printable, sha256_of
 
 DATA_URL = (
     "https://raw.githubusercontent.com/donalcarr/Datasets/caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"

@@ -14,6 +14,7 @@ predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto c
 """
 
 import argparse
+import io
 import math
 import platform
 import shutil
@@ -25,24 +26,17 @@ import numpy as np
 import pandas as pd
 
 from genre_tagger import UserError
+from genre_tagger.cli import run_main
+from genre_tagger.common import write_json
 from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
-from genre_tagger.runs import (
-    ENSEMBLE_FILE,
-    ENSEMBLE_MODEL_TYPE,
-    ZIP_LEFT_OUT,
-    OpenRun,
-    is_ensemble,
-    labels_of,
+from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, zip_path_of
+from genre_tagger.save import (
     publish_folder,
-    read_run_json,
+    remove_own,
     replace_problem,
-    run_tool,
     staging_folder,
-    verify_files,
-    write_json,
     write_manifest,
     zip_folder,
-    zip_path_of,
     zip_replace_problem,
 )
 
@@ -88,6 +82,10 @@ def settings_problem(args):
         return f"--output must name a run folder, not {args.output!r}"
     if any(Path(run).resolve() in (output.resolve(), zip_path_of(output).resolve()) for run in args.runs):
         return "--output must not be one of the runs being averaged"
+    if len({Path(run).resolve() for run in args.runs}) < len(args.runs):
+        return "the same run is given twice; give each run once (use --weights to weigh one more)"
+    if any(output.resolve().is_relative_to(Path(run).resolve()) for run in args.runs if Path(run).is_dir()):
+        return "--output must not be inside one of the runs being averaged"
     if problem := replace_problem(output):
         return f"--output: {problem}; choose another folder so nothing of yours is replaced"
     if problem := zip_replace_problem(zip_path_of(output)):
@@ -95,56 +93,65 @@ def settings_problem(args):
     return None
 
 
-def split_rows(folder, origin):
+def split_rows(run):
     """The run's split.csv as a sorted frame of (split, labels, text): what must be identical across members."""
-    if not (folder / "split.csv").is_file():
+    if not run.has("split.csv"):
         raise UserError(
-            f"{origin} has no split.csv, so its training rows cannot be checked; re-create it with train.py"
+            f"{run.origin} has no split.csv, so its training rows cannot be checked; re-create it with train.py"
         )
-    split = pd.read_csv(folder / "split.csv", keep_default_na=False, dtype=str)
+    split = pd.read_csv(io.BytesIO(run.read("split.csv")), keep_default_na=False, dtype=str)
     if not set(SPLIT_COLUMNS) <= set(split.columns):
-        raise UserError(f"{origin}: split.csv lacks the columns {', '.join(SPLIT_COLUMNS)}; re-create it with train.py")
+        raise UserError(
+            f"{run.origin}: split.csv lacks the columns {', '.join(SPLIT_COLUMNS)}; re-create it with train.py"
+        )
     return split[SPLIT_COLUMNS].sort_values(SPLIT_COLUMNS).reset_index(drop=True)
 
 
-def check_members(opened, folders):
+def check_members(opened):
     """Labels, split and ONNX export of every member against the first; a UserError naming what differs."""
-    first = opened[0].origin
-    labels = labels_of(folders[0], first)
-    split = split_rows(folders[0], first)
-    for run, folder in zip(opened, folders):
-        if is_ensemble(folder):
+    first = opened[0]
+    split = split_rows(first)
+    models = {}
+    for run in opened:
+        if run.is_ensemble:
             raise UserError(f"{run.origin} is itself an ensemble; give the runs it was built from instead")
-        if not (folder / "onnx.json").is_file():
+        if run.onnx is None:
             raise UserError(
                 f"{run.origin} has no ONNX export, which the ensemble runs; add one: python -m genre_tagger.export RUN"
             )
-        if folder is folders[0]:
-            continue
-        if labels_of(folder, run.origin) != labels:
+        model_sha256 = run.sha256(run.onnx_file()[1])
+        if model_sha256 in models:
             raise UserError(
-                f"{run.origin} tags other genres (or the same in another order) than {first}; "
+                f"{run.origin} and {models[model_sha256]} are the same run; give each run once "
+                "(use --weights to weigh one more)"
+            )
+        models[model_sha256] = run.origin
+        if run is first:
+            continue
+        if run.labels != first.labels:
+            raise UserError(
+                f"{run.origin} tags other genres (or the same in another order) than {first.origin}; "
                 "train every member on the same data"
             )
-        if not split_rows(folder, run.origin).equals(split):
+        if not split_rows(run).equals(split):
             raise UserError(
-                f"{run.origin} was trained on another split than {first} (split.csv differs): a member that saw "
-                "another's test rows would make the test score dishonest; train every member with the same "
+                f"{run.origin} was trained on another split than {first.origin} (split.csv differs): a member that "
+                "saw another's test rows would make the test score dishonest; train every member with the same "
                 "--data, --test-data, fractions and --seed (or --split-seed)"
             )
-    return labels
+    return first.labels
 
 
-def copy_member(folder, origin, target):
-    """Copy what predicting needs from a checked member into `target`, verified, with its own manifest."""
-    onnx = read_run_json(folder, "onnx.json", origin)
-    model_file = onnx["files"][onnx.get("default", "fp32")]
-    verify_files(folder, [model_file, *MEMBER_FILES], origin)
+def copy_member(run, target):
+    """Copy what predicting needs from a verified member into `target`, with its own manifest."""
+    variant, model_file = run.onnx_file()
+    source = run.verified_path(model_file)
     target.mkdir(parents=True)
-    for name in (*MEMBER_FILES, model_file):
-        shutil.copyfile(folder / name, target / name)
-    kept = {key: value for key, value in onnx.items() if key not in ("files", ZIP_LEFT_OUT)}
-    write_json(target / "onnx.json", {**kept, "files": {onnx.get("default", "fp32"): model_file}})
+    for name in MEMBER_FILES:
+        (target / name).write_bytes(run.read(name))
+    shutil.copyfile(source, target / model_file)
+    kept = {key: value for key, value in run.onnx.items() if key not in ("files", ZIP_LEFT_OUT)}
+    write_json(target / "onnx.json", {**kept, "files": {variant: model_file}})
     write_manifest(target)
     return model_file
 
@@ -162,15 +169,14 @@ def main(argv=None):
     output = Path(args.output)
     started = time.time()
     with ExitStack() as stack:
-        opened = [OpenRun(run) for run in args.runs]
-        folders = [stack.enter_context(run) for run in opened]
-        labels = check_members(opened, folders)  # before anything is written
+        opened = [stack.enter_context(Run.open(run)) for run in args.runs]
+        labels = check_members(opened)  # before anything is written
         staged = staging_folder(output)
-        stack.callback(lambda: shutil.rmtree(staged, ignore_errors=True) if staged.exists() else None)
+        stack.callback(remove_own, staged)
         members = []
-        for i, (run, folder, weight) in enumerate(zip(opened, folders, weights)):
-            model_file = copy_member(folder, run.origin, staged / "members" / str(i))
-            train_config = read_run_json(folder, "train_config.json", run.origin)
+        for i, (run, weight) in enumerate(zip(opened, weights)):
+            model_file = copy_member(run, staged / "members" / str(i))
+            train_config = run.train_config
             members.append(
                 {
                     "folder": f"members/{i}",
@@ -181,7 +187,7 @@ def main(argv=None):
                     "settings": train_config.get("settings"),
                 }
             )
-        shutil.copyfile(folders[0] / "split.csv", staged / "split.csv")
+        (staged / "split.csv").write_bytes(opened[0].read("split.csv"))
         write_json(staged / ENSEMBLE_FILE, {"format": 1, "members": members})
         write_json(
             staged / "config.json",
@@ -208,7 +214,7 @@ def main(argv=None):
 
         from genre_tagger.tagger import EnsembleTagger
 
-        tagger = EnsembleTagger(staged)
+        tagger = EnsembleTagger(stack.enter_context(Run.open(staged)))
         split = pd.read_csv(staged / "split.csv", keep_default_na=False, dtype=str)
         validation, test = split[split["split"] == "validation"], split[split["split"] == "test"]
         if validation.empty or test.empty:
@@ -264,4 +270,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    run_main(main)

@@ -8,7 +8,7 @@ installed, transformers itself refuses the unknown model type.
 
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from genre_tagger.runs import ENSEMBLE_MODEL_TYPE
+from genre_tagger.run import ENSEMBLE_MODEL_TYPE
 
 
 class GenreTaggerEnsembleConfig(PreTrainedConfig):

@@ -3,7 +3,6 @@
 The classifier itself (a PreTrainedModel and its config) lives in hf_classifier.py, which runs copy.
 """
 
-import json
 import logging
 import math
 import re
@@ -151,14 +150,13 @@ def save_classifier(model, tokenizer, folder):
     tokenizer.save_pretrained(folder)
 
 
-def is_legacy_run(folder):
-    """A run saved before the classifier became a PreTrainedModel: config.json is the encoder's own config."""
-    return json.loads((Path(folder) / "config.json").read_text()).get("model_type") != MODEL_TYPE
+def is_legacy_run(config):
+    """A run saved before the classifier became a PreTrainedModel: its config.json (`config`) is the encoder's own."""
+    return config.get("model_type") != MODEL_TYPE
 
 
-def legacy_config(folder):
+def legacy_config(saved):
     """The classifier config of a legacy run: its encoder config plus the labels, pooling and dropout it carried."""
-    saved = json.loads((Path(folder) / "config.json").read_text())
     id2label = {int(i): label for i, label in saved["id2label"].items()}
     labels = [id2label[i] for i in range(len(id2label))]
     encoder = {
@@ -170,13 +168,18 @@ def legacy_config(folder):
     return classifier_config(encoder_config, labels, saved.get("pooling", "mean"), saved.get("classifier_dropout", 0.1))
 
 
-def load_classifier(folder):
-    """Model and tokenizer of a saved run: the project's own loader, used by predict.py and the tests.
+def load_classifier(folder, config=None):
+    """Model and tokenizer of a saved run folder; `config`: its config.json as Run.open parsed it (else opened here).
 
     Runs saved before the classifier became a PreTrainedModel (config.json of model_type bert, distilbert,
     ...) load too: their weights already carry the same names (`encoder.*`, `classifier.*`).
     """
-    config = legacy_config(folder) if is_legacy_run(folder) else None
+    if config is None:
+        from genre_tagger.run import Run
+
+        with Run.open(folder) as run:
+            config = run.config
+    config = legacy_config(config) if is_legacy_run(config) else None  # None: transformers reads config.json
     with _quiet_progress_bars():
         model = GenreTaggerForSequenceClassification.from_pretrained(folder, config=config)
     model.eval()
@@ -282,12 +285,12 @@ def quantize_int8(fp32_path, int8_path, recipe):
         logging.getLogger().setLevel(quiet)
 
 
-def export_onnx(folder, max_length, quantize=True, int8_recipe=INT8_RECIPES[0]):
+def export_onnx(folder, max_length, quantize=True, int8_recipe=INT8_RECIPES[0], config=None):
     """Write model.onnx (fp32) and model.int8.onnx (int8 by `int8_recipe`) into a saved run folder."""
     import onnx
 
     folder = Path(folder)
-    model, tokenizer = load_classifier(folder)
+    model, tokenizer = load_classifier(folder, config)
     example = tokenizer(
         ["an example description to trace the graph", "a second one"], padding=True, return_tensors="pt"
     )
@@ -315,7 +318,7 @@ def export_onnx(folder, max_length, quantize=True, int8_recipe=INT8_RECIPES[0]):
         files["int8"] = "model.int8.onnx"
         info["int8_recipe"] = int8_recipe
     info.update({"max_length": max_length, "inputs": ["input_ids", "attention_mask"], "output": "probabilities"})
-    from genre_tagger.runs import write_json
+    from genre_tagger.common import write_json
 
     write_json(folder / "onnx.json", info)
     return info
@@ -341,20 +344,25 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
     """
     import pandas as pd
 
+    from genre_tagger.common import write_json
     from genre_tagger.metrics import apply_thresholds, multilabel_metrics
-    from genre_tagger.onnx_backend import OnnxTagger
-    from genre_tagger.runs import labels_of, write_json
+    from genre_tagger.onnx_backend import OnnxTagger, load_tokenizer
+    from genre_tagger.run import ONNX_FILES, Run
 
     folder = Path(folder)
-    settings = json.loads((folder / "train_config.json").read_text())["settings"]
+    with Run.open(
+        folder, rewritten=ONNX_FILES
+    ) as run:  # the folder being built, or one the export tool has just verified
+        config, labels = run.config, run.labels
+        settings = run.train_config["settings"]
+        tokenizer_bytes = run.read("tokenizer.json")
     threshold, max_length = settings["threshold"], settings["max_length"]
-    info = export_onnx(folder, max_length, quantize=False)
+    info = export_onnx(folder, max_length, quantize=False, config=config)
     split = pd.read_csv(folder / "split.csv", keep_default_na=False)
-    labels = labels_of(folder)
     validation = split[split["split"] == "validation"]
     scored = split[split["split"] == "test"] if (split["split"] == "test").any() else validation
     truth = np.array([[label in row.split(",") for label in labels] for row in scored["labels"]], dtype=np.int64)
-    model, tokenizer = load_classifier(folder)
+    model, tokenizer = load_classifier(folder, config)
     torch_val = predict_probabilities(model, tokenizer, validation["text"].tolist(), max_length)
     torch_f1 = multilabel_metrics(
         truth, predict_probabilities(model, tokenizer, scored["text"].tolist(), max_length), threshold
@@ -364,7 +372,8 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
     def measure(variant):
         # The files were just written here; a manifest in the folder still describes the ones they replace
         # (and keeps refusing the run if this export stops half way) until the caller writes the new one.
-        tagger = OnnxTagger(folder, variant=variant, check_manifest=False)
+        path = folder / info["files"][variant] if variant == "fp32" else folder / "model.int8.onnx"
+        tagger = OnnxTagger(path, load_tokenizer(tokenizer_bytes, max_length, folder), labels, folder, variant)
         onnx_val = tagger.probabilities(validation["text"].tolist())
         return {
             "max_abs_probability_difference_vs_torch": float(np.abs(onnx_val - torch_val).max()),

@@ -1,33 +1,38 @@
 """Fast CPU inference from a run's ONNX export, with onnxruntime and tokenizers: torch is never imported."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 
 from genre_tagger import UserError
+from genre_tagger.common import first_line
 
 # A description whose tokens are mostly unknown to the vocabulary (emoji, a script the model never saw)
 # gets probabilities that say nothing about it: predict.py warns above this share.
 UNKNOWN_TOKEN_WARNING_SHARE = 0.5
 
 
-def load_tokenizer(folder, max_length, origin=None):
-    """The run's fast tokenizer (tokenizer.json), truncating at `max_length`, without padding."""
+def load_tokenizer(source, max_length, origin):
+    """A fast tokenizer truncating at `max_length`, without padding, from tokenizer.json's bytes or its path."""
     from tokenizers import Tokenizer
 
-    path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise UserError(f"{origin or folder} has no tokenizer.json; re-create the run with train.py")
     try:
-        tokenizer = Tokenizer.from_file(str(path))
+        if isinstance(source, bytes):
+            tokenizer = Tokenizer.from_str(source.decode("utf-8"))
+        else:
+            tokenizer = Tokenizer.from_file(str(source))
     except Exception as err:  # the tokenizers library raises a bare Exception for a damaged file
-        raise UserError(
-            f"{origin or folder}: tokenizer.json is damaged ({type(err).__name__}); re-create the run"
-        ) from None
+        raise UserError(f"{origin}: tokenizer.json is damaged ({type(err).__name__}); re-create the run") from None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
     return tokenizer
+
+
+def run_tokenizer(run):
+    """The run's own tokenizer (tokenizer.json, as verified on open), truncating at the run's token limit."""
+    if not run.has("tokenizer.json"):
+        raise UserError(f"{run.origin} has no tokenizer.json; re-create the run with train.py")
+    return load_tokenizer(run.read("tokenizer.json"), run.max_length, run.origin)
 
 
 def unknown_token_shares(tokenizer, texts):
@@ -42,49 +47,27 @@ def unknown_token_shares(tokenizer, texts):
 
 
 class OnnxTagger:
-    """Probabilities per genre for a list of texts, from `model.onnx` or `model.int8.onnx` in a run folder.
+    """Probabilities per genre for a list of texts, from an ONNX graph and a tokenizer.
 
-    check_manifest=False is for export_run alone: it measures files it has just written while the folder's
-    manifest still describes the ones they replace (and keeps refusing the run until the export is sealed).
+    `OnnxTagger.from_run(run)` is the usual way in: the graph onnx.json names, hashed against the manifest.
     """
 
-    def __init__(self, folder, variant=None, threads=0, origin=None, spinning=True, check_manifest=True):
+    def __init__(self, model_path, tokenizer, labels, origin, variant="fp32", threads=0, spinning=True):
         import onnxruntime
 
-        from genre_tagger.runs import ZIP_LEFT_OUT, labels_of, read_run_json, verify_files
-
-        folder = Path(folder)
-        origin = origin or folder
-        info = read_run_json(folder, "onnx.json", origin)
-        variant = variant or info.get("default", "fp32")
-        if isinstance(info.get(ZIP_LEFT_OUT), dict) and variant in info[ZIP_LEFT_OUT]:
-            raise UserError(
-                f"{origin} leaves out the ONNX {variant} model to stay small (its run folder has it; or unzip it "
-                f"and run python -m genre_tagger.export FOLDER); or use --onnx-variant {' or '.join(info['files'])}"
-            )
-        if variant not in info.get("files", {}):
-            raise UserError(f"{origin} has no ONNX {variant} model; choose --onnx-variant {' or '.join(info['files'])}")
-        model_file = info["files"][variant]
-        if check_manifest:
-            verify_files(folder, [model_file, "tokenizer.json"], origin)
-        if not (folder / model_file).is_file():
-            raise UserError(f"{origin} has no {model_file}; re-export with python -m genre_tagger.export RUN")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 4  # its warnings would interleave with ours; failures raise
         if not spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared (serve.py)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.variant = variant
-        self.labels = labels_of(folder, origin)
+        self.variant, self.labels, self.origin = variant, labels, origin
+        self.model_file = model_path.name
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(folder / model_file), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise UserError(
-                f"{origin}: {model_file} cannot be loaded ({first}); re-export with python -m genre_tagger.export RUN"
+                f"{origin}: {model_path.name} cannot be loaded ({first_line(err, 200)}); re-create the run with train.py"
             ) from None
         inputs = sorted(i.name for i in self.session.get_inputs())
         outputs = self.session.get_outputs()
@@ -92,14 +75,20 @@ class OnnxTagger:
         if (
             inputs != ["attention_mask", "input_ids"]
             or len(outputs) != 1
-            or (isinstance(width, int) and width != len(self.labels))
+            or (isinstance(width, int) and width != len(labels))
         ):
             raise UserError(
-                f"{origin}: {model_file} does not fit the run (its inputs/outputs differ from {len(self.labels)} "
-                "genres); re-export with python -m genre_tagger.export RUN"
+                f"{origin}: {model_path.name} does not fit the run (its inputs/outputs differ from {len(labels)} "
+                "genres); re-create the run with train.py"
             )
-        self.tokenizer = load_tokenizer(folder, info["max_length"], origin)
-        self.model_file, self.max_length, self.origin = model_file, info["max_length"], origin
+        self.tokenizer = tokenizer
+        self.max_length = tokenizer.truncation["max_length"]
+
+    @classmethod
+    def from_run(cls, run, variant=None, threads=0, spinning=True):
+        variant, model_file = run.onnx_file(variant)
+        path = run.verified_path(model_file)
+        return cls(path, run_tokenizer(run), run.labels, run.origin, variant, threads, spinning)
 
     def unknown_token_shares(self, texts):
         return unknown_token_shares(self.tokenizer, texts)
@@ -122,14 +111,14 @@ class OnnxTagger:
                 (probabilities,) = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
             except Exception as err:  # onnxruntime's own exception types
                 raise UserError(
-                    f"{self.origin}: the ONNX model failed to run ({type(err).__name__}); re-export it"
+                    f"{self.origin}: the ONNX model failed to run ({type(err).__name__}); re-create the run"
                 ) from None
             if probabilities.shape != (len(batch), len(self.labels)) or not (
                 np.isfinite(probabilities).all() and (probabilities >= 0).all() and (probabilities <= 1).all()
             ):
                 raise UserError(
                     f"{self.origin}: the ONNX model's output does not fit the run's {len(self.labels)} genres; "
-                    "re-export it with python -m genre_tagger.export RUN"
+                    "re-create the run with train.py"
                 )
             outputs[batch] = probabilities
         return outputs

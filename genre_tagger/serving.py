@@ -44,30 +44,27 @@ class ServedRun:
 
 
 def load_served_run(path, variant=None, threads=0, spinning=False):
-    """Open a run (folder or zip) and load it on the ONNX backend, through predict.py's own open_tagger."""
-    from genre_tagger.runs import (
-        MANIFEST,
-        OpenRun,
-        is_ensemble,
-        labels_of,
-        read_run_json,
-        recorded_sha256,
-        sha256_of,
-        thresholds_of,
-    )
+    """Open a run (folder or zip) once and load it on the ONNX backend, through predict.py's own open_tagger."""
+    from genre_tagger.common import note
+    from genre_tagger.run import MANIFEST, Run
     from genre_tagger.tagger import open_tagger
 
-    with OpenRun(path) as folder:
-        labels = labels_of(folder)
-        tagger = open_tagger(folder, "onnx", variant, threads, path, spinning=spinning)
-        if is_ensemble(folder):  # each member on its own ONNX export; the manifest names every member file
-            model_sha256 = sha256_of(folder / MANIFEST)
+    with Run.open(path) as run:
+        if not run.verified:
+            note(f"{path} has no manifest.json (saved before runs checked themselves); its files are not verified")
+        tagger = open_tagger(run, "onnx", variant, threads, spinning=spinning)
+        if run.is_ensemble:  # each member on its own ONNX export; the manifest names every member file
+            model_sha256 = run.sha256(MANIFEST)
         else:  # the backend has just checked the file against the manifest: its recorded hash is the file's
-            model_sha256 = recorded_sha256(folder, tagger.model_file, path)
-        metrics = read_run_json(folder, "metrics.json", path) if (folder / "metrics.json").exists() else {}
-        train_config = read_run_json(folder, "train_config.json", path)
-        saved_thresholds = read_run_json(folder, "thresholds.json", path)
-        thresholds = {choice: thresholds_of(folder, choice) for choice in ("tuned", "tuned-global")}
+            model_sha256 = run.sha256(tagger.model_file)
+        metrics = run.json("metrics.json") if run.has("metrics.json") else {}
+        labels, train_config, saved_thresholds = run.labels, run.train_config, run.thresholds
+        thresholds = {}
+        for choice in ("tuned", "tuned-global"):
+            try:
+                thresholds[choice] = run.thresholds_for(choice)
+            except Exception:  # noqa: BLE001 - a run without tuned thresholds refuses that choice per request
+                continue
     description = {
         "run": str(path),
         "base_model": train_config.get("base_model"),
@@ -495,6 +492,8 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
     @app.post(f"/{API_VERSION}/tag", response_model=TagResponse, summary="Tag descriptions with genres")
     async def tag(body: TagRequest, request: Request):
         """Per description: the genres at or above the threshold (highest first) and every genre's probability."""
+        if isinstance(body.threshold, str) and body.threshold not in run.thresholds:
+            return JSONResponse({"error": f"this run has no {body.threshold} thresholds; use a number"}, 422)
         thresholds = run.thresholds.get(body.threshold, body.threshold)
         try:
             probabilities = await batcher.probabilities(body.descriptions, request.scope)

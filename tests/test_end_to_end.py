@@ -57,7 +57,7 @@ def test_checkpoints_are_cleaned_and_zip_holds_the_run(trained):
 
 def test_zip_leaves_out_the_onnx_graph_predict_does_not_use(trained):
     import genre_tagger
-    from genre_tagger.runs import OpenRun, verify_manifest
+    from genre_tagger.run import Run
 
     folder, zipped = trained["output"], trained["zip"]
     info = json.loads((folder / "onnx.json").read_text())
@@ -66,8 +66,8 @@ def test_zip_leaves_out_the_onnx_graph_predict_does_not_use(trained):
     in_folder = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     with zipfile.ZipFile(zipped) as archive:
         assert set(archive.namelist()) == in_folder - set(unused.values())
-    with OpenRun(zipped) as opened:
-        assert verify_manifest(opened)  # the zip's manifest describes the zip's own files
+    with Run.open(zipped) as opened:
+        assert opened.verified  # the zip's manifest describes the zip's own files
         zip_info = json.loads((opened / "onnx.json").read_text())
         assert zip_info["files"] == {info["default"]: info["files"][info["default"]]}
         assert zip_info["left_out_of_zip"] == unused and zip_info["check"] == info["check"]

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_script
+from genre_tagger.common import write_json
 from genre_tagger.metrics import multilabel_metrics
-from genre_tagger.runs import write_json, write_manifest
+from genre_tagger.save import write_manifest
 from genre_tagger.tagger import load_tagger
 
 TEXTS = ["A detective hunts a killer in the rain.", "Two friends drive across the country.", "Aliens invade."]

@@ -82,12 +82,13 @@ def test_frozen_run_has_a_manifest_and_loads_with_the_hugging_face_auto_classes(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from genre_tagger.runs import check_consistency, verify_manifest
+    from genre_tagger.run import Run
     from genre_tagger.tagger import load_tagger
 
     folder = frozen_run["output"]
-    assert verify_manifest(folder) is True
-    assert check_consistency(folder) == load_tagger(folder).labels
+    with Run.open(folder) as run:
+        assert run.verified
+        assert run.labels == load_tagger(folder).labels
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "genre_tagger" and "AutoModelForSequenceClassification" in config["auto_map"]
     assert (folder / "hf_classifier.py").exists()

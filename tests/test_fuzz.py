@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from genre_tagger import UserError, runs
+from genre_tagger import UserError, common
 from genre_tagger.data import csv_rows
 from genre_tagger.settings import MAX_SEED, predict_settings_problem, train_settings_problem
 
@@ -130,7 +130,7 @@ def test_predict_settings_accept_only_their_ranges(batch_size, threads, top_k):
 @BOUNDED
 @given(st.text(max_size=100))
 def test_printable_leaves_no_control_characters(text):
-    shown = runs.printable(text)
+    shown = common.printable(text)
     assert not any(unicodedata.category(ch) == "Cc" for ch in shown)
     if text.isprintable():
         assert shown == text

@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, run_script
 from genre_tagger.data import fit_binarizer
-from genre_tagger.runs import zip_folder
+from genre_tagger.save import zip_folder
 
 LABELS = ["Action", "Comedy", "Crime", "Drama", "Horror", "Romance"]
 TEXTS = [

@@ -16,7 +16,8 @@ import zipfile
 import pytest
 
 from conftest import run_script
-from genre_tagger import runs
+from genre_tagger import run as runs
+from genre_tagger import save
 
 PLOT = "A retired hitman seeks revenge on the gangsters who killed his dog."
 
@@ -59,7 +60,7 @@ class _Payload:
 def test_a_pickle_in_the_run_is_never_loaded(run_copy, tmp_path, flags):
     marker = tmp_path / "pwned"
     (run_copy / "binarizer.joblib").write_bytes(pickle.dumps(_Payload(marker)))
-    runs.write_manifest(run_copy)  # an attacker can rewrite the manifest too: it is no signature
+    save.write_manifest(run_copy)  # an attacker can rewrite the manifest too: it is no signature
     result = run_script("predict.py", "--model", run_copy, *flags, PLOT)
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
@@ -71,7 +72,7 @@ def test_no_onnx_export_says_which_backend_runs_and_executes_nothing(run_copy, t
     (run_copy / "binarizer.joblib").write_bytes(pickle.dumps(_Payload(marker)))
     for name in ("onnx.json", "model.onnx", "model.int8.onnx"):
         (run_copy / name).unlink()
-    runs.write_manifest(run_copy)
+    save.write_manifest(run_copy)
     result = run_script("predict.py", "--model", run_copy, PLOT)
     assert result.returncode == 0, result.stderr
     assert "PyTorch backend" in result.stderr and not marker.exists()
@@ -102,7 +103,7 @@ def test_reversed_labels_are_caught_with_or_without_a_rewritten_manifest(run_cop
     config["label2id"] = {label: i for i, label in enumerate(labels)}
     (run_copy / "config.json").write_text(json.dumps(config))
     one_line_error(run_script("predict.py", "--model", run_copy, PLOT), "config.json", "does not match")
-    runs.write_manifest(run_copy)
+    save.write_manifest(run_copy)
     one_line_error(run_script("predict.py", "--model", run_copy, PLOT), "trained on")
 
 
@@ -110,7 +111,7 @@ def test_reversed_labels_are_caught_with_or_without_a_rewritten_manifest(run_cop
 def test_broken_json_files_are_named(run_copy, name):
     (run_copy / name).write_text('{"broken": ')
     one_line_error(run_script("predict.py", "--model", run_copy, PLOT), name)
-    runs.write_manifest(run_copy)
+    save.write_manifest(run_copy)
     one_line_error(run_script("predict.py", "--model", run_copy, PLOT), name)
 
 
@@ -128,7 +129,7 @@ def test_corrupt_or_missing_model_files_are_one_line(run_copy, name, change, fra
         (run_copy / name).unlink()
     else:
         (run_copy / name).write_bytes(change)
-    runs.write_manifest(run_copy)
+    save.write_manifest(run_copy)
     variant = "int8" if name.startswith("model.int8") else "fp32"
     one_line_error(run_script("predict.py", "--model", run_copy, "--onnx-variant", variant, PLOT), fragment)
 
@@ -137,7 +138,7 @@ def test_missing_per_genre_thresholds_with_threshold_tuned(run_copy):
     thresholds = json.loads((run_copy / "thresholds.json").read_text())
     del thresholds["per_label"]
     (run_copy / "thresholds.json").write_text(json.dumps(thresholds))
-    runs.write_manifest(run_copy)
+    save.write_manifest(run_copy)
     one_line_error(run_script("predict.py", "--model", run_copy, "--threshold", "tuned", PLOT), "per-genre thresholds")
 
 
@@ -399,14 +400,17 @@ def test_train_never_replaces_what_it_did_not_write(tmp_path):
     assert unrelated_zip.read_bytes() == before
 
 
-def test_train_removes_leftovers_of_an_interrupted_save(tmp_path):
+def test_train_removes_leftovers_of_an_interrupted_save_and_nothing_it_did_not_create(tmp_path):
     output = tmp_path / "models" / "run"
-    staging = tmp_path / "models" / ".run.building-abc123"
-    staging.mkdir(parents=True)
+    staging = save.staging_folder(output)  # carries the project's marker, as train.py's own does
     (staging / "model.safetensors").write_bytes(bytes(1000))
-    partial_zip = tmp_path / "models" / ".run.zip.xyz.part"
+    partial_zip = tmp_path / "models" / ".run.zip.ab12cd34.part"
     partial_zip.write_bytes(b"PK")
+    look_alike = tmp_path / "models" / ".run.building-mine"  # the user's own folder, named like a leftover
+    look_alike.mkdir()
+    (look_alike / "notes.txt").write_text("mine")
     result = run_script("train.py", "--data", tmp_path / "missing.csv", "--output", output)
     one_line_error(result, "does not exist")
     assert "removed 2 half-written leftover(s)" in result.stdout
     assert not staging.exists() and not partial_zip.exists()
+    assert (look_alike / "notes.txt").read_text() == "mine"

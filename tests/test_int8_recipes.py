@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from genre_tagger import runs
+from genre_tagger import save
+from genre_tagger.run import Run
 
 PLOT = "A retired hitman seeks revenge on the gangsters who killed his dog."
 
@@ -56,7 +57,7 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
 
     calls = passes_by_call(monkeypatch, [False, True])
     info = export_run(run_copy)
-    runs.reseal(run_copy)
+    save.reseal(run_copy)
     assert len(calls) == 2
     saved = json.loads((run_copy / "onnx.json").read_text())
     assert saved["int8_recipe"] == info["int8_recipe"] == "blockwise"
@@ -66,8 +67,8 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
     assert saved["check"]["int8"]["macro_f1"] == saved["check"]["int8_recipes"]["blockwise"]["macro_f1"]
     assert "MatMulNBits" in op_types(run_copy / "model.int8.onnx")
     assert sorted(p.name for p in run_copy.glob(".*")) == []  # no recipe left aside
-    runs.check_consistency(run_copy)
-    runs.verify_manifest(run_copy)
+    with Run.open(run_copy) as opened:
+        assert opened.verified
 
     tagged = run_script("predict.py", "--model", run_copy, "--json", PLOT)
     assert tagged.returncode == 0, tagged.stderr[-2000:]

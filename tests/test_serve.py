@@ -14,7 +14,14 @@ import httpx
 import pytest
 
 from conftest import ROOT, run_script
-from genre_tagger.runs import labels_of, sha256_of
+from genre_tagger.common import sha256_of
+from genre_tagger.run import Run
+
+
+def labels_of(folder):
+    with Run.open(folder) as run:
+        return run.labels
+
 
 DESCRIPTIONS = [
     "A retired hitman seeks revenge on the gangsters who killed his dog.",

@@ -1,0 +1,51 @@
+"""Small helpers every part of genre-tagger shares: safe printing, JSON and hashing of files, notes to the user."""
+
+import hashlib
+import json
+import os
+import sys
+import unicodedata
+
+_BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text):
+    """`text` with control characters, bidi overrides and lone surrogates shown as escapes, safe on a terminal."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs")
+        else ch
+        for ch in str(text)
+    )
+
+
+def first_line(error, limit=300):
+    """The first line of an exception's message (its type's name when it has none), for a one-line report."""
+    text = str(error).strip()
+    return printable(text.splitlines()[0][:limit]) if text else type(error).__name__
+
+
+def write_json(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def umask_mode(mode):
+    """`mode` less the process's umask: what a plain open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def note(message):
+    """A line for the user on stderr that is not an error."""
+    print(f"note: {printable(message)}", file=sys.stderr, flush=True)

@@ -1,0 +1,582 @@
+"""A saved run, opened once and verified: `Run.open(path)` for a run folder or its zip.
+
+    with Run.open("models/genre-classifier.zip") as run:
+        run.labels, run.max_length, run.onnx, run.members, run.thresholds_for("tuned")
+
+Opening a run extracts a zip safely (into a temporary folder removed on close), reads every small
+file once and checks it against manifest.json (size and sha256), checks the sizes of the large files
+(model weights, ONNX graphs) and hashes each of those once, when a backend asks for it
+(`run.verified_path(name)`). Labels, thresholds, the ONNX description, the token limit and an
+ensemble's members are parsed once into fields, and checked against each other. Nothing else in
+genre-tagger reads a run's JSON files; writing a run lives in genre_tagger/save.py.
+
+Layout of a run folder:
+    config.json          encoder config with id2label, label2id, problem_type, pooling
+    model.safetensors    classifier weights
+    tokenizer.json ...   the tokenizer
+    binarizer.joblib     the fitted MultiLabelBinarizer (a pickle: for trusted Python use only, never read to predict)
+    train_config.json    every setting of the run, the base model really used, versions, timings
+    metrics.json         validation and test metrics, baseline beside them
+    thresholds.json      default, tuned global and tuned per-genre thresholds
+    per_genre.csv        per-genre precision/recall/F1/support on the test rows
+    split.csv            which source row went to train / validation / test
+    model.onnx, model.int8.onnx, onnx.json   the exported model for fast CPU inference
+    plots/*.png          pictures of the evaluation
+    manifest.json        sha256 and size of every other file
+
+An ensemble run (`python -m genre_tagger.ensemble`) has ensemble.json instead of model.safetensors and
+its members' prediction files in members/<i>/, each member with its own manifest.json.
+
+Nothing in a run is ever executed or unpickled by this project's code (docs/SECURITY.md).
+"""
+
+import hashlib
+import json
+import math
+import stat
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from genre_tagger import UserError
+from genre_tagger.common import first_line, printable
+
+DEFAULT_RUN = Path("models/genre-classifier")
+MANIFEST = "manifest.json"
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_MODEL_TYPE = "genre_tagger_ensemble"  # config.json's model_type in an ensemble run
+ZIP_LEFT_OUT = "left_out_of_zip"  # onnx.json in a zip: the ONNX variants its folder has and the zip does not
+REQUIRED_FILES = ("config.json", "model.safetensors", "thresholds.json", "train_config.json")
+ENSEMBLE_REQUIRED_FILES = ("config.json", ENSEMBLE_FILE, "thresholds.json", "train_config.json")
+# A manifest that leaves out one of these (and the ONNX graphs onnx.json names) is refused: predicting reads them.
+PREDICTING_NEEDS = ("config.json", "thresholds.json", "train_config.json", "tokenizer.json")
+# Read in full by a backend only when needed, so hashed then (once), not on every open.
+LARGE_FILES = ("model.safetensors", "model.onnx", "model.int8.onnx", "binarizer.joblib")
+THRESHOLD_CHOICES = ("tuned", "tuned-global")
+ONNX_FILES = ("model.onnx", "model.int8.onnx", "onnx.json")  # what an ONNX export writes (anew)
+# Zip limits sized for real runs: a base-size (110M-parameter) ensemble is about 1.5 GB unpacked.
+MAX_ZIP_TOTAL_BYTES = 4 << 30
+MAX_ZIP_ENTRY_BYTES = 3 << 30
+MAX_ZIP_ENTRIES = 1000
+MAX_COMPRESSION_RATIO = 200  # model weights compress ~1.1x, a zip bomb ~1000x
+MAX_SMALL_FILE_BYTES = 64 << 20  # a JSON or tokenizer file of a run is far smaller
+
+
+def zip_path_of(folder):
+    """models/genre-classifier -> models/genre-classifier.zip (kept whole, even with dots in the name)."""
+    folder = Path(folder)
+    return folder.parent / f"{folder.name}.zip"
+
+
+def _recreate(origin):
+    return f"{origin}: {{}}; re-create the run with train.py"
+
+
+# %% Thresholds
+
+
+def is_probability(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 < value < 1
+
+
+def parse_threshold(choice, flag="--threshold"):
+    """A threshold the user chose: a probability in (0, 1), or 'tuned' / 'tuned-global' (kept as text)."""
+    if isinstance(choice, str) and choice.strip() in THRESHOLD_CHOICES:
+        return choice.strip()
+    if isinstance(choice, bool):
+        choice = None
+    try:
+        value = float(choice)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{flag} must be a number in (0, 1), 'tuned' or 'tuned-global', not {printable(str(choice))!r}"
+        ) from None
+    if not is_probability(value):
+        raise UserError(f"{flag} must be between 0 and 1 (exclusive), not {printable(str(choice))}")
+    return value
+
+
+def thresholds_from(saved, labels, choice, flag="--threshold"):
+    """Thresholds for `choice` (see parse_threshold) from a run's thresholds.json (`saved`) and its labels."""
+    choice = parse_threshold(choice, flag)
+    if choice == "tuned":
+        per_label = saved.get("per_label")
+        if not isinstance(per_label, dict) or not all(is_probability(per_label.get(label)) for label in labels):
+            raise UserError(f"this run has no per-genre thresholds; use {flag} tuned-global or a number")
+        return [per_label[label] for label in labels]
+    if choice == "tuned-global":
+        if not is_probability(saved.get("global")):
+            raise UserError(f"this run has no tuned global threshold; use {flag} with a number")
+        return saved["global"]
+    return choice
+
+
+# %% Safe extraction of a zip
+
+
+def _check_entry(zip_path, entry, seen):
+    name = entry.filename
+    parts = PurePosixPath(name).parts
+    if (
+        not name
+        or name.startswith(("/", "\\"))
+        or "\\" in name
+        or "\x00" in name
+        or ".." in parts
+        or (parts and ":" in parts[0])
+    ):
+        raise UserError(
+            f"{zip_path} has an entry that would land outside its folder ({printable(name)!r}); refusing to extract it"
+        )
+    if name.rstrip("/") in seen:
+        raise UserError(f"{zip_path} holds {printable(name)!r} twice; refusing an ambiguous run")
+    seen.add(name.rstrip("/"))
+    file_type = stat.S_IFMT(entry.external_attr >> 16)  # 0 when the zip records no Unix type
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+        kind = "a symbolic link" if file_type == stat.S_IFLNK else "a special file"
+        raise UserError(f"{zip_path}: entry {printable(name)!r} is {kind}; a run holds plain files only")
+    if entry.flag_bits & 0x1:
+        raise UserError(f"{zip_path} is encrypted; a run zip is not")
+    if entry.file_size > MAX_ZIP_ENTRY_BYTES:
+        raise UserError(
+            f"{zip_path}: entry {printable(name)!r} unpacks to {entry.file_size / 2**30:.1f} GiB, over the "
+            f"{MAX_ZIP_ENTRY_BYTES / 2**30:.0f} GiB limit for one file of a run"
+        )
+    if entry.file_size > 1 << 20 and entry.file_size > MAX_COMPRESSION_RATIO * max(entry.compress_size, 1):
+        raise UserError(
+            f"{zip_path}: entry {printable(name)!r} expands {entry.file_size / max(entry.compress_size, 1):.0f}x, "
+            f"over the {MAX_COMPRESSION_RATIO}x a run's files reach (a zip bomb?); refusing it"
+        )
+
+
+def safe_extract(zip_path, target):
+    """Extract a run zip into `target`, within limits (entries, total size, ratio), refusing links and escapes."""
+    target = Path(target).resolve()
+    try:
+        zip_bytes = Path(zip_path).stat().st_size
+        with zipfile.ZipFile(zip_path) as archive:
+            entries = archive.infolist()
+            if len(entries) > MAX_ZIP_ENTRIES:
+                raise UserError(f"{zip_path} has {len(entries)} entries; a run has a few dozen")
+            seen = set()
+            for entry in entries:
+                _check_entry(zip_path, entry, seen)
+            total = sum(e.file_size for e in entries)
+            if total > MAX_ZIP_TOTAL_BYTES:
+                raise UserError(f"{zip_path} unpacks to over {MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GiB; a run is smaller")
+            if total > 1 << 20 and total > MAX_COMPRESSION_RATIO * max(zip_bytes, 1):
+                raise UserError(
+                    f"{zip_path} unpacks to {total / max(zip_bytes, 1):.0f}x its size, over the "
+                    f"{MAX_COMPRESSION_RATIO}x a run reaches (a zip bomb?); refusing it"
+                )
+            written = 0
+            for entry in entries:
+                destination = target.joinpath(*PurePosixPath(entry.filename).parts)
+                if not destination.resolve().is_relative_to(target):
+                    raise UserError(
+                        f"{zip_path} has an entry that would land outside its folder ({printable(entry.filename)!r})"
+                    )
+                if entry.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                # Count what is really written: the sizes in a zip's headers can lie.
+                with archive.open(entry) as source, open(destination, "wb") as sink:
+                    for block in iter(lambda: source.read(1 << 20), b""):
+                        written += len(block)
+                        if written > min(total, MAX_ZIP_TOTAL_BYTES) or sink.tell() + len(block) > entry.file_size:
+                            raise UserError(
+                                f"{zip_path}: entry {printable(entry.filename)!r} unpacks to more than it says"
+                            )
+                        sink.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as err:
+        raise UserError(f"{zip_path} is not a readable zip ({first_line(err)}); re-create it with train.py") from None
+    except OSError as err:
+        raise UserError(
+            f"cannot extract {zip_path} ({printable(err.strerror or err)}); check free space in the temp folder"
+        ) from None
+    return target
+
+
+# %% The manifest
+
+
+def _parse_json(data, name, origin):
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(_recreate(origin).format(f"{name} is damaged ({type(err).__name__})")) from None
+    if not isinstance(payload, dict):
+        raise UserError(_recreate(origin).format(f"{name} is not a JSON object"))
+    return payload
+
+
+def parse_manifest(data, origin):
+    """{name: {"sha256", "bytes"}} from manifest.json's bytes, checked: well formed, no path leaves the run."""
+    files = _parse_json(data, MANIFEST, origin).get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict)
+        and isinstance(v.get("sha256"), str)
+        and isinstance(v.get("bytes"), int)
+        and not isinstance(v.get("bytes"), bool)
+        for v in files.values()
+    ):
+        raise UserError(_recreate(origin).format(f"{MANIFEST} is damaged"))
+    for name in files:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts or "\\" in name or "\x00" in name:
+            raise UserError(f"{origin}: {MANIFEST} names a file outside the run ({printable(name)!r}); refusing it")
+    return files
+
+
+def _read_bounded(path, origin, name):
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SMALL_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise UserError(_recreate(origin).format(f"{name} is missing")) from None
+    except IsADirectoryError:
+        raise UserError(_recreate(origin).format(f"{name} is a folder, not a file")) from None
+    except OSError as err:
+        raise UserError(f"{origin}: cannot read {name} ({printable(err.strerror or err)})") from None
+    if len(data) > MAX_SMALL_FILE_BYTES:
+        raise UserError(_recreate(origin).format(f"{name} is over {MAX_SMALL_FILE_BYTES >> 20} MiB"))
+    return data
+
+
+class _Files:
+    """A run folder's files, each read at most once and checked against the manifest (when there is one)."""
+
+    def __init__(self, root, origin, rewritten=()):
+        self.root, self.origin = Path(root), origin
+        self.cache = {}  # relative name -> bytes (small files)
+        self.hashed = set()  # large files already checked in full
+        self.listed = None  # the manifest's entries, or None when the run has none
+        manifest = self.root / MANIFEST
+        if manifest.is_file():
+            self.listed = parse_manifest(_read_bounded(manifest, origin, MANIFEST), origin)
+            for name in rewritten:  # files a tool is about to write anew: neither checked nor read
+                self.listed.pop(name, None)
+            self._check_all()
+
+    def _check_all(self):
+        for name, entry in self.listed.items():
+            path = self.root / name
+            if not path.is_file() or path.is_symlink():
+                raise UserError(
+                    f"{self.origin}: {name} is missing (the run's manifest lists it); re-create the run with train.py"
+                )
+            if path.stat().st_size != entry["bytes"]:
+                raise self._changed(name)
+            if PurePosixPath(name).name not in LARGE_FILES:
+                data = _read_bounded(path, self.origin, name)
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise self._changed(name)
+                self.cache[name] = data
+
+    def _changed(self, name):
+        return UserError(
+            f"{self.origin}: {name} does not match the run's manifest (changed or corrupted since training); "
+            "re-download or re-create the run"
+        )
+
+    def require_listed(self, names):
+        """With a manifest: each of `names` must be in it (a run whose manifest skips a file it needs is refused)."""
+        if self.listed is None:
+            return
+        for name in names:
+            if name not in self.listed:
+                raise UserError(
+                    f"{self.origin}: {name} is not in the run's manifest (added or left out after training); "
+                    "re-create the run with train.py"
+                )
+
+    def exists(self, name):
+        return name in self.listed if self.listed is not None else (self.root / name).is_file()
+
+    def read(self, name):
+        if name not in self.cache:
+            self.require_listed([name])
+            self.cache[name] = _read_bounded(self.root / name, self.origin, name)
+        return self.cache[name]
+
+    def json(self, name):
+        return _parse_json(self.read(name), name, self.origin)
+
+    def verified_path(self, name):
+        """The path of a (large) file, hashed in full against the manifest the first time it is asked for."""
+        path = self.root / name
+        if self.listed is None:
+            if not path.is_file():
+                raise UserError(_recreate(self.origin).format(f"{name} is missing"))
+            return path
+        self.require_listed([name])
+        if name not in self.hashed and name not in self.cache:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != self.listed[name]["sha256"]:
+                raise self._changed(name)
+            self.hashed.add(name)
+        return path
+
+    def sha256(self, name):
+        if self.listed is not None and name in self.listed:
+            return self.listed[name]["sha256"]
+        if name in self.cache:
+            return hashlib.sha256(self.cache[name]).hexdigest()
+        from genre_tagger.common import sha256_of
+
+        return sha256_of(self.root / name)
+
+    def within(self, prefix, origin):
+        """The files under `prefix`/ as a run of their own (an ensemble member), sharing what was read."""
+        member = _Files.__new__(_Files)
+        member.root, member.origin = self.root / prefix, origin
+        member.cache = {k[len(prefix) + 1 :]: v for k, v in self.cache.items() if k.startswith(prefix + "/")}
+        member.hashed = set()
+        member.listed = None
+        if MANIFEST in member.cache:
+            member.listed = parse_manifest(member.cache[MANIFEST], origin)
+            outer = self.listed or {}
+            for name, entry in member.listed.items():
+                known = outer.get(f"{prefix}/{name}")
+                if known is None:  # the outer manifest does not cover it (a member copied by hand)
+                    member._check_one(name, entry)
+                elif known != entry:
+                    raise member._changed(name)
+        elif (member.root / MANIFEST).is_file():
+            member.listed = parse_manifest(_read_bounded(member.root / MANIFEST, origin, MANIFEST), origin)
+            member._check_all()
+        return member
+
+    def _check_one(self, name, entry):
+        path = self.root / name
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            raise self._changed(name)
+        if PurePosixPath(name).name not in LARGE_FILES:
+            data = _read_bounded(path, self.origin, name)
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise self._changed(name)
+            self.cache[name] = data
+
+
+# %% The run
+
+
+def _label_problem(label):
+    if not isinstance(label, str) or not label.strip():
+        return "an empty genre name"
+    if printable(label) != label or "\n" in label:
+        return f"a genre name with control characters ({printable(label)!r})"
+    return None
+
+
+def _labels_of(config, origin):
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise UserError(_recreate(origin).format("config.json has no id2label"))
+    try:
+        labels = [id2label[str(i)] for i in range(len(id2label))]
+    except KeyError:
+        raise UserError(f"{origin}: config.json's id2label is not numbered 0..{len(id2label) - 1}") from None
+    for label in labels:
+        if problem := _label_problem(label):
+            raise UserError(f"{origin}: config.json has {problem}")
+    if len(set(labels)) != len(labels):
+        raise UserError(f"{origin}: config.json's id2label names a genre twice")
+    label2id = config.get("label2id")
+    if label2id is not None and label2id != {label: i for i, label in enumerate(labels)}:
+        raise UserError(_recreate(origin).format("config.json's label2id and id2label disagree"))
+    return labels
+
+
+def _check_thresholds(thresholds, labels, origin):
+    for key in ("default", "global"):
+        if key in thresholds and not is_probability(thresholds[key]):
+            raise UserError(f"{origin}: thresholds.json's {key!r} is not a probability in (0, 1)")
+    per_label = thresholds.get("per_label")
+    if per_label is not None and (
+        not isinstance(per_label, dict)
+        or set(per_label) != set(labels)
+        or not all(is_probability(v) for v in per_label.values())
+    ):
+        raise UserError(f"{origin}: thresholds.json's per-genre thresholds do not match the run's genres")
+
+
+def _check_onnx(onnx, origin):
+    files = onnx.get("files")
+    if (
+        not isinstance(files, dict)
+        or not files
+        or onnx.get("default", "fp32") not in files
+        or not all(
+            isinstance(v, str) and "/" not in v and "\\" not in v and v not in ("", ".", "..") for v in files.values()
+        )
+        or not isinstance(onnx.get("max_length"), int)
+        or isinstance(onnx.get("max_length"), bool)
+        or not 1 <= onnx["max_length"] <= 4096
+    ):
+        raise UserError(f"{origin}: onnx.json is damaged; re-create the run with train.py")
+    return onnx
+
+
+class Run:
+    """A run folder (or the folder a zip was extracted to), read and checked once. Use as a context manager.
+
+    Fields: folder, origin (what the user named), verified (it had a manifest and matched it), labels,
+    config, thresholds (thresholds.json), train_config, onnx (onnx.json or None), max_length (tokens the
+    model reads), members ([(Run, weight)] for an ensemble, else []).
+    """
+
+    def __init__(self, files, origin, temporary=None, rewritten=()):
+        self._files, self.folder, self.origin, self._temporary = files, files.root, origin, temporary
+        self.verified = files.listed is not None
+        self.is_ensemble = files.exists(ENSEMBLE_FILE)
+        required = ENSEMBLE_REQUIRED_FILES if self.is_ensemble else REQUIRED_FILES
+        missing = [name for name in required if not files.exists(name)]
+        if missing:
+            raise UserError(
+                f"{origin} is not a genre-tagger run (missing {', '.join(missing)}); "
+                "point --model at a folder or .zip written by train.py"
+            )
+        self.config = files.json("config.json")
+        self.labels = _labels_of(self.config, origin)
+        self.train_config = files.json("train_config.json")
+        if self.train_config.get("labels") not in (None, self.labels):
+            raise UserError(
+                _recreate(origin).format(
+                    "config.json's genres differ from those the run was trained on (train_config.json)"
+                )
+            )
+        self.thresholds = files.json("thresholds.json")
+        _check_thresholds(self.thresholds, self.labels, origin)
+        self.onnx = None
+        if files.exists("onnx.json") and "onnx.json" not in rewritten:
+            self.onnx = _check_onnx(files.json("onnx.json"), origin)
+        if self.verified:
+            files.require_listed([*ENSEMBLE_REQUIRED_FILES] if self.is_ensemble else PREDICTING_NEEDS)
+            if self.onnx is not None:
+                files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
+        settings = self.train_config.get("settings")
+        max_length = self.onnx["max_length"] if self.onnx else (settings or {}).get("max_length")
+        self.members = self._open_members() if self.is_ensemble else []
+        if self.members:
+            max_length = max(member.max_length for member, _ in self.members)
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise UserError(_recreate(origin).format("train_config.json has no max_length setting"))
+        self.max_length = max_length
+
+    @classmethod
+    def open(cls, path=DEFAULT_RUN, rewritten=()):
+        """Open a run folder or its .zip (the default run falls back to its zip), or a one-line UserError.
+
+        rewritten: files a tool (export) is about to write anew, left out of the check (folders only).
+        """
+        path = Path(path)
+        if not path.exists():
+            if path == DEFAULT_RUN and zip_path_of(DEFAULT_RUN).exists():
+                path = zip_path_of(DEFAULT_RUN)
+            else:
+                raise UserError(f"no trained model at {path}; run train.py first (or pass --model PATH)")
+        if path.is_dir():
+            return cls(_Files(path, path, rewritten), path, rewritten=rewritten)
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is neither a run folder nor a zip; point --model at what train.py wrote")
+        temporary = tempfile.TemporaryDirectory(prefix="genre-tagger-run-")
+        try:
+            folder = safe_extract(path, temporary.name)
+            return cls(_Files(folder, path), path, temporary)
+        except BaseException:
+            temporary.cleanup()
+            raise
+
+    def close(self):
+        if self._temporary is not None:
+            self._temporary.cleanup()
+            self._temporary = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"Run({str(self.origin)!r}, {len(self.labels)} genres{', ensemble' if self.is_ensemble else ''})"
+
+    def has(self, name):
+        return self._files.exists(name)
+
+    def json(self, name):
+        """A JSON file of the run other than those parsed on open (metrics.json, ...), checked like the rest."""
+        return self._files.json(name)
+
+    def read(self, name):
+        return self._files.read(name)
+
+    def verified_path(self, name):
+        """Path of a file a backend loads (weights, ONNX graph), hashed against the manifest once."""
+        return self._files.verified_path(name)
+
+    def sha256(self, name):
+        return self._files.sha256(name)
+
+    def thresholds_for(self, choice, flag="--threshold"):
+        """A number in (0, 1), 'tuned' (per genre, tuned on validation by train.py) or 'tuned-global'."""
+        return thresholds_from(self.thresholds, self.labels, choice, flag)
+
+    def onnx_file(self, variant=None):
+        """(variant, file name) of the ONNX graph to run: `variant`, or the one train.py chose."""
+        if self.onnx is None:
+            raise UserError(f"{self.origin} has no ONNX export; run: python -m genre_tagger.export RUN_FOLDER")
+        variant = variant or self.onnx.get("default", "fp32")
+        left_out = self.onnx.get(ZIP_LEFT_OUT)
+        if isinstance(left_out, dict) and variant in left_out:
+            raise UserError(
+                f"{self.origin} leaves out the ONNX {variant} model to stay small (its run folder has it; or unzip it "
+                f"and run python -m genre_tagger.export FOLDER); or use --onnx-variant {' or '.join(self.onnx['files'])}"
+            )
+        if variant not in self.onnx["files"]:
+            raise UserError(
+                f"{self.origin} has no ONNX {variant} model; choose --onnx-variant {' or '.join(self.onnx['files'])}"
+            )
+        return variant, self.onnx["files"][variant]
+
+    def _open_members(self):
+        spec = self._files.json(ENSEMBLE_FILE)
+        members = spec.get("members")
+        if not isinstance(members, list) or len(members) < 2:
+            raise UserError(
+                f"{self.origin}: {ENSEMBLE_FILE} lists no members; re-create it with python -m genre_tagger.ensemble"
+            )
+        opened = []
+        for member in members:
+            where = member.get("folder") if isinstance(member, dict) else None
+            weight = member.get("weight") if isinstance(member, dict) else None
+            parts = PurePosixPath(where).parts if isinstance(where, str) else ()
+            if len(parts) != 2 or parts[0] != "members" or not parts[1].isdigit():
+                raise UserError(f"{self.origin}: {ENSEMBLE_FILE} names a member outside members/; refusing it")
+            if (
+                not isinstance(weight, (int, float))
+                or isinstance(weight, bool)
+                or not math.isfinite(weight)
+                or weight <= 0
+            ):
+                raise UserError(f"{self.origin}: {ENSEMBLE_FILE} gives a member a weight that is not a positive number")
+            origin = f"{self.origin} ({where})"
+            files = self._files.within(where, origin)
+            if files.listed is None:
+                raise UserError(
+                    f"{origin} has no manifest.json; re-create the ensemble with python -m genre_tagger.ensemble"
+                )
+            run = Run(files, origin)
+            if run.labels != self.labels:
+                raise UserError(f"{origin} tags other genres than the ensemble; re-create the ensemble")
+            if run.onnx is None:
+                raise UserError(f"{origin} has no ONNX export; re-create the ensemble")
+            opened.append((run, float(weight)))
+        return opened
