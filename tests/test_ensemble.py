@@ -19,7 +19,7 @@ TEXTS = ["A detective hunts a killer in the rain.", "Two friends drive across th
 
 @pytest.fixture(scope="module")
 def frozen_member(frozen_trained):
-    """A second member on the same split as the session's `trained` run."""
+    """A second member on the same split as the shared `trained` run (conftest)."""
     return frozen_trained["output"]
 
 

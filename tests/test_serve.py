@@ -32,7 +32,7 @@ DESCRIPTIONS = [
 
 @pytest.fixture(scope="module")
 def trained(trained):
-    """The session's tiny trained run (conftest), as the folder serve.py loads."""
+    """The shared tiny trained run (conftest), as the folder serve.py loads."""
     return trained["output"]
 
 
