@@ -169,7 +169,7 @@ def zip_replace_problem(zip_path):
             names = set(archive.namelist())
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         return f"{zip_path} exists and is not a run zip"
-    if not (set(REQUIRED_FILES) <= names or set(ENSEMBLE_REQUIRED_FILES) <= names) or MANIFEST not in names:
+    if not (set(REQUIRED_FILES) <= names or set(ENSEMBLE_REQUIRED_FILES) <= names):
         return f"{zip_path} exists and is not a run zip written by genre-tagger"
     return None
 

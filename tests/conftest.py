@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "IMDB-Movie-Data.csv"
 REPO_DATA = ROOT / "data" / "IMDB-Movie-Data.csv"
+
+
+# Tiers: a test that trains a model (these session fixtures, or train.py on real rows), drives a browser,
+# torchrun or Jupyter is `slow`; everything else is `fast` (`pytest -m fast`, about a minute on 2 cores).
+SLOW_FIXTURES = {"trained", "frozen_trained", "launched", "minilm_run", "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.fast)
+
+
+def free_port():
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_line_error(result, *fragments, code=2):
+    """A finished command failed the way every command must: exit `code`, one `error:` line last, no traceback."""
+    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
 
 
 def real_data_path():

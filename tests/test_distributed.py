@@ -7,7 +7,6 @@ writes is seen: the folder must end up holding the run folder and its zip, and n
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, free_port, run_script
 from genre_tagger import distributed
 
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -32,12 +31,6 @@ def train_args(data, base, epochs=EPOCHS):
         ROOT / "train.py", "--data", data, "--limit", LIMIT, "--model", base, "--epochs", epochs,
         "--batch-size", BATCH, "--lr", "1e-3", "--output", "models/ddp", "--checkpoint-dir", "checkpoints",
     ]  # fmt: skip
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def files_under(folder):

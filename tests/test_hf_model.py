@@ -392,7 +392,7 @@ def test_legacy_run_still_tags_and_converts(tmp_path):
 
     legacy = make_legacy_run(tmp_path / "old-run", packaged_model_path())
     assert json.loads((legacy / "config.json").read_text())["model_type"] == "bert"
-    assert is_legacy_run(legacy)
+    assert is_legacy_run(json.loads((legacy / "config.json").read_text()))
     # The torch path loads it through the compatibility path; predict.py tags it as before.
     model, tokenizer = load_classifier(legacy)
     expected = predict_probabilities(model, tokenizer, TEXTS, MAX_LENGTH)
@@ -407,7 +407,7 @@ def test_legacy_run_still_tags_and_converts(tmp_path):
     result = run_script("-m", "genre_tagger.convert", legacy)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "converted" in result.stdout and "refreshed" in result.stdout
-    assert not is_legacy_run(legacy)
+    assert not is_legacy_run(json.loads((legacy / "config.json").read_text()))
     with zipfile.ZipFile(tmp_path / "old-run.zip") as archive:
         assert "hf_classifier.py" in archive.namelist()
     assert torch_backend_probabilities(legacy) == before
@@ -434,3 +434,36 @@ def test_convert_refuses_what_is_not_a_run_folder(tmp_path):
     result = run_script("-m", "genre_tagger.convert", tmp_path / "nothing")
     assert result.returncode == 2 and "not a run folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+SAFE_LOAD_CODE = """
+import sys
+import genre_tagger  # registers the project's classes: the run's own Python is never needed
+from transformers import AutoModelForSequenceClassification, pipeline
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1])
+assert type(model).__module__ == "genre_tagger.hf_classifier", type(model).__module__
+scores = pipeline("text-classification", model=sys.argv[1], top_k=None, function_to_apply="sigmoid")(["A heist."])
+print("LOADED", len(scores[0]))
+"""
+
+
+def test_with_the_package_installed_a_run_loads_without_executing_its_own_code(distilbert_run, tmp_path):
+    """A shared run's hf_classifier.py could carry anything: the safe path (import genre_tagger) never runs it."""
+    import shutil
+
+    run = tmp_path / "shared-run"
+    shutil.copytree(distilbert_run, run)
+    planted = tmp_path / "planted-code-ran"
+    with open(run / "hf_classifier.py", "a") as f:
+        f.write(f"\nopen({str(planted)!r}, 'w').write('pwned')\n")
+    result = subprocess.run(
+        [sys.executable, "-c", SAFE_LOAD_CODE, str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"LOADED {len(LABELS)}" in result.stdout
+    assert not planted.exists()

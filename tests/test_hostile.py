@@ -15,22 +15,11 @@ import zipfile
 
 import pytest
 
-from conftest import run_script
+from conftest import one_line_error, run_script
 from genre_tagger import run as runs
 from genre_tagger import save
 
 PLOT = "A retired hitman seeks revenge on the gangsters who killed his dog."
-
-
-def one_line_error(result, *fragments, code=2):
-    assert result.returncode == code, result.stdout[-2000:] + result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def files_in(folder):

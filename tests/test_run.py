@@ -1,0 +1,112 @@
+"""genre_tagger.run.Run: a run opened once and verified (manifest coverage, zip limits, files read once)."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import ROOT
+from genre_tagger import UserError
+from genre_tagger.common import write_json
+from genre_tagger.run import MAX_COMPRESSION_RATIO, Run, safe_extract
+from genre_tagger.save import write_manifest, zip_folder
+
+
+def make_run(folder):
+    folder.mkdir(parents=True)
+    write_json(folder / "config.json", {"id2label": {"0": "Action", "1": "Drama"}})
+    write_json(folder / "train_config.json", {"settings": {"max_length": 16}, "labels": ["Action", "Drama"]})
+    write_json(folder / "thresholds.json", {"default": 0.3, "global": 0.25})
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "tokenizer.json").write_text("{}")
+    write_manifest(folder)
+    return folder
+
+
+def test_open_parses_labels_thresholds_and_token_limit_once(tmp_path):
+    with Run.open(make_run(tmp_path / "run")) as run:
+        assert run.verified and run.labels == ["Action", "Drama"] and run.max_length == 16
+        assert run.thresholds_for("tuned-global") == 0.25 and run.thresholds_for("0.4") == 0.4
+        with pytest.raises(UserError, match="no per-genre thresholds"):
+            run.thresholds_for("tuned")
+
+
+@pytest.mark.parametrize("needed", ["config.json", "thresholds.json", "train_config.json", "tokenizer.json"])
+def test_a_manifest_that_leaves_out_a_file_predicting_needs_is_refused(tmp_path, needed):
+    folder = make_run(tmp_path / "run")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"][needed]
+    write_json(folder / "manifest.json", manifest)
+    with pytest.raises(UserError, match=f"{needed} is not in the run's manifest"):
+        Run.open(folder)
+
+
+def test_a_changed_file_is_refused_and_a_large_one_is_hashed_when_loaded(tmp_path):
+    folder = make_run(tmp_path / "run")
+    (folder / "model.safetensors").write_bytes(b"WEIGHTS")  # same size: only the hash can tell
+    with Run.open(folder) as run:  # weights are hashed when a backend asks for them, not on every open
+        with pytest.raises(UserError, match="does not match the run's manifest"):
+            run.verified_path("model.safetensors")
+    write_json(folder / "thresholds.json", {"default": 0.9})
+    with pytest.raises(UserError, match="thresholds.json does not match"):
+        Run.open(folder)
+
+
+def test_zip_refused_on_total_ratio_and_entry_count(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for i in range(4):  # each entry under the per-entry check (1 MiB), the whole far over the ratio
+            archive.writestr(f"part{i}.bin", bytes(1 << 20 - 1))
+    ratio = sum(e.file_size for e in zipfile.ZipFile(bomb).infolist()) / bomb.stat().st_size
+    assert ratio > MAX_COMPRESSION_RATIO
+    with pytest.raises(UserError, match="zip bomb"):
+        safe_extract(bomb, tmp_path / "out")
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as archive:
+        for i in range(1001):
+            archive.writestr(f"f{i}", "x")
+    with pytest.raises(UserError, match="entries"):
+        safe_extract(many, tmp_path / "out2")
+
+
+def test_a_zip_opens_to_a_temporary_folder_removed_on_close(tmp_path):
+    folder = make_run(tmp_path / "run")
+    zipped = zip_folder(folder, tmp_path / "run.zip")
+    with Run.open(zipped) as run:
+        extracted = run.folder
+        assert run.verified and (extracted / "config.json").is_file()
+    assert not extracted.exists() and zipped.is_file()
+
+
+OPEN_COUNT = """
+import collections, json, sys
+from pathlib import Path
+run = Path(sys.argv[1]).resolve()
+opened = collections.Counter()
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, Path)):
+        path = Path(str(args[0]) if not isinstance(args[0], bytes) else args[0].decode()).resolve()
+        if path.is_relative_to(run):
+            opened[path.relative_to(run).as_posix()] += 1
+sys.addaudithook(hook)
+sys.argv = ["predict.py", "--model", str(run), "A detective hunts a killer in the rain."]
+import runpy
+try:
+    runpy.run_path("predict.py", run_name="__main__")
+except SystemExit:
+    pass
+print(json.dumps(opened), file=sys.stderr)
+"""
+
+
+def test_predict_opens_each_run_file_once_and_large_ones_at_most_twice(trained):
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN_COUNT, str(trained["output"])], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    opened = json.loads(result.stderr.strip().splitlines()[-1])
+    assert opened["config.json"] == 1 and opened["thresholds.json"] == 1 and opened["onnx.json"] == 1
+    assert all(count == 1 for name, count in opened.items() if name.endswith(".json")), opened
+    assert all(count <= 2 for count in opened.values()), opened
