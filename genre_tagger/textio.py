@@ -3,9 +3,9 @@ readable lines out. Memory stays flat for any input size; a file is written unde
 renamed into place only when complete.
 """
 
+import codecs
 import contextlib
 import csv
-import io
 import itertools
 import json
 import os
@@ -86,52 +86,59 @@ def check_output_path(output, source, model):
 
 
 def _open_stream(source):
-    """A text stream over --input (stdin for '-'): UTF-8 (a BOM dropped), line ends kept, read in blocks."""
+    """The bytes of --input (stdin for '-'), read in blocks."""
     if source == "-":
-        raw = sys.stdin.buffer
-    else:
-        check_input_path(source)
-        try:
-            raw = open(source, "rb")  # noqa: SIM115 - closed by the caller through the wrapper
-        except OSError as err:
-            raise UserError(f"cannot read --input {source} ({err.strerror})") from None
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
-
-
-def bounded_lines(stream, name, cap):
-    """Yield (line number, line, cut) from a text stream, each line at most `cap` characters.
-
-    A longer line is read on in pieces of `cap` and dropped past it (`cut` is then True), so memory stays
-    bounded for a line without end (a 50 MB line, a device). NUL bytes and text that is not UTF-8 are one
-    clean error naming the line.
-    """
-    number = 0
-    while True:
-        number += 1
-        line = _read_piece(stream, name, number, cap)
-        if not line:
-            return
-        cut = False
-        if len(line) >= cap and not line.endswith(("\n", "\r")):
-            while True:
-                more = _read_piece(stream, name, number, cap)
-                cut = cut or bool(more.rstrip("\r\n"))
-                if not more or more.endswith(("\n", "\r")):
-                    break
-        yield number, line, cut
-
-
-def _read_piece(stream, name, number, cap):
+        return sys.stdin.buffer
+    check_input_path(source)
     try:
-        piece = stream.readline(cap)
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{name}: line {number} is not UTF-8 text (byte {err.object[err.start : err.start + 1]!r}); "
-            "save it as UTF-8 and try again"
-        ) from None
-    if "\x00" in piece:
-        raise UserError(f"{name}: line {number} holds NUL bytes; this is a binary file, not text")
-    return piece
+        return open(source, "rb")  # noqa: SIM115 - closed by iter_input_chunks
+    except OSError as err:
+        raise UserError(f"cannot read --input {source} ({err.strerror})") from None
+
+
+def bounded_lines(raw, name, cap, block=1 << 16):
+    """Yield (line number, line, cut) from a binary stream of UTF-8 (a BOM dropped), each line at most `cap` characters.
+
+    The stream is read and decoded in blocks: a longer line is dropped past `cap` (`cut` is then True), so memory
+    stays bounded for a line without end (a 50 MB line, a device, a pipe). A line keeps its '\\n'. NUL bytes and
+    text that is not UTF-8 are one clean error naming the line (and byte).
+    """
+    read = getattr(raw, "read1", raw.read)
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    number, offset, newlines, started = 1, 0, 0, False
+    parts, size, cut = [], 0, False
+    while True:
+        data = read(block)
+        pending = decoder.getstate()[0]
+        try:
+            text = decoder.decode(data, final=not data)
+        except UnicodeDecodeError as err:
+            line = newlines + 1 + (pending + data)[: err.start].count(b"\n")
+            raise UserError(
+                f"{name}: line {line} (byte {offset - len(pending) + err.start + 1}) "
+                "is not UTF-8 text; save it as UTF-8 and try again"
+            ) from None
+        offset, newlines = offset + len(data), newlines + data.count(b"\n")
+        if not started and text:
+            text, started = text.removeprefix("\ufeff"), True
+        if "\x00" in text:
+            line = number + text[: text.index("\x00")].count("\n")
+            raise UserError(f"{name}: line {line} holds NUL bytes; this is a binary file, not text")
+        pieces = text.split("\n")
+        for i, piece in enumerate(pieces):
+            room = cap - size
+            if len(piece) > room:
+                piece, cut = piece[:room], True
+            if piece:
+                parts.append(piece)
+                size += len(piece)
+            if i < len(pieces) - 1:
+                yield number, "".join(parts) + "\n", cut
+                number, parts, size, cut = number + 1, [], 0, False
+        if not data:
+            if parts or cut:
+                yield number, "".join(parts), cut
+            return
 
 
 def input_format(source, first_line, chosen, text_column):
@@ -287,10 +294,8 @@ def iter_input_chunks(source, text_column, label_column, chosen_format="auto", m
                 f"only its first tokens): rows {_numbers(cut_rows)}"
             )
     finally:
-        if source == "-":
-            stream.detach()  # never close the process's stdin
-        else:
-            stream.close()
+        if source != "-":
+            stream.close()  # never the process's stdin
 
 
 def _numbers(numbers, shown=10):
