@@ -9,7 +9,6 @@ imports torch or transformers, so it answers in well under a second; `--backend 
 
 import argparse
 import sys
-from pathlib import Path
 
 from genre_tagger import UserError
 from genre_tagger.cli import run_main
@@ -18,7 +17,16 @@ from genre_tagger.metrics import decode
 from genre_tagger.run import DEFAULT_RUN, Run, parse_threshold
 from genre_tagger.settings import MAX_PREDICT_BATCH, predict_settings_problem
 from genre_tagger.tagger import open_tagger
-from genre_tagger.textio import ResultWriter, format_genres, iter_input_chunks, warn_unknown
+from genre_tagger.textio import (
+    ResultWriter,
+    check_input_path,
+    check_output_path,
+    description_limit,
+    format_genres,
+    iter_input_chunks,
+    unknown_labels_note,
+    warn_unknown,
+)
 
 
 def build_parser():
@@ -47,13 +55,16 @@ def build_parser():
     )
     p.add_argument(
         "--input",
-        help="tag a file instead: a CSV with the text column, a .txt with one description per line (blank lines skipped), or - for stdin",
+        help="tag a file instead: a CSV with the text column, a .jsonl of objects with that field, a .txt with one "
+        "description per line (blank lines skipped), or - for stdin",
     )
     p.add_argument(
         "--input-format",
-        choices=["auto", "csv", "txt"],
+        choices=["auto", "csv", "jsonl", "txt"],
         default="auto",
-        help="how to read --input: auto = CSV for a .csv file, text lines otherwise; on stdin, CSV when the first line has the --text-column header, said on stderr (default: %(default)s)",
+        help="how to read --input: auto = CSV for a .csv file, JSON lines for a .jsonl, text lines otherwise; on stdin, "
+        "JSON lines when the first line is an object, CSV when it has the --text-column header, said on stderr "
+        "(default: %(default)s)",
     )
     p.add_argument("--output", help="with --input: write results to this .csv or .jsonl (default: print to stdout)")
     p.add_argument("--text-column", default="Description", help="text column of an --input CSV (default: %(default)s)")
@@ -87,29 +98,27 @@ def build_parser():
 def tag_file(tagger, args, labels, thresholds):
     import numpy as np
 
-    if args.input != "-" and Path(args.input).is_dir():
-        raise UserError(f"--input {args.input} is a folder; give a file")
-    if args.output and args.input != "-" and Path(args.output).resolve() == Path(args.input).resolve():
-        raise UserError("--output is the --input file; choose another name so the input is kept")
-    if args.output and (Path(args.output).exists() or Path(args.output).is_symlink()):
-        raise UserError(f"{args.output} already exists; choose another --output or delete it first")
-    if args.output and not args.output.lower().endswith((".csv", ".jsonl")):
-        raise UserError("--output must end in .csv or .jsonl")
+    if args.input != "-":
+        check_input_path(args.input)
+    if args.output:
+        check_output_path(args.output, args.input, args.model)
     progress = None
     if args.output and sys.stderr.isatty():
         from tqdm import tqdm
 
         progress = tqdm(unit=" rows", file=sys.stderr, mininterval=1.0, leave=False)
     writer = ResultWriter(args.output, labels, args.threshold, args.json)
-    truth, predicted = [], []
+    truth, predicted, unknown, known = [], [], set(), set(labels)
+    limit = description_limit(getattr(tagger, "max_length", None))
     try:
-        for chunk in iter_input_chunks(args.input, args.text_column, args.label_column, args.input_format):
+        for chunk in iter_input_chunks(args.input, args.text_column, args.label_column, args.input_format, limit):
             texts = [text for _, text, _ in chunk]
             probabilities = tagger.probabilities(texts, args.batch_size)
             warn_unknown(tagger, texts, [f"row {number}" for number, _, _ in chunk])
             writer.write(texts, probabilities, decode(probabilities, labels, thresholds, args.top_k))
             if chunk[0][2] is not None:
                 truth.extend([[label in row for label in labels] for _, _, row in chunk])
+                unknown.update(label for _, _, row in chunk for label in row if label not in known)
                 predicted.append(probabilities)
             if progress is not None:
                 progress.update(len(chunk))
@@ -123,6 +132,7 @@ def tag_file(tagger, args, labels, thresholds):
         writer.discard()
     if args.output:
         note(f"wrote {args.output}")
+    unknown_labels_note(unknown, args.label_column)
     if truth:
         from genre_tagger.metrics import format_report, multilabel_metrics, per_label_report
 

@@ -18,6 +18,7 @@ DATA_URL = (
 )
 DATA_SHA256 = "1f86628225db1e0b51a9aa2be10bdb98449c8f311d27b6c3c4845d723c5973b4"
 DEFAULT_DATA_PATH = Path("data/IMDB-Movie-Data.csv")
+CSV_FIELD_LIMIT = 131_072  # characters of one CSV field
 
 # IMDb cut long plots and appended this link text; it says nothing about the genre.
 _SCRAPED_TAIL = re.compile(r"\s*(\.\.\.|…)?\s*See full summary\s*»?\s*$")
@@ -85,6 +86,7 @@ def csv_rows(handle, source):
     quoted field that runs over several lines which themselves look like rows (an unclosed quote
     that a later quote happened to close).
     """
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # Python's default, said here: no field grows past it
     reader = csv.reader(handle, strict=True)
     number = 1
     try:
@@ -112,9 +114,19 @@ def csv_rows(handle, source):
                         )
             yield number, fields
     except csv.Error as err:
+        if "field larger than field limit" in str(err):
+            raise UserError(
+                f"{source}: row {number + 1} has a field longer than {CSV_FIELD_LIMIT} characters "
+                "(an unclosed quote?); check that row's quotes"
+            ) from None
         raise UserError(f"{source}: row {number + 1} is not valid CSV ({err}); check that row's quotes") from None
     except UnicodeDecodeError:
         raise UserError(f"{source} is not UTF-8 text; save it as UTF-8 CSV and try again") from None
+
+
+def check_header(header, source):
+    if len(set(header)) != len(header):
+        raise UserError(f"{source}: the header names a column twice; rename one")
 
 
 def _check_fields(source, number, fields):
@@ -142,8 +154,7 @@ def read_csv(path, what="--data"):
     with open_text_file(path, what) as handle:
         rows = csv_rows(handle, path)
         _, header = next(rows)
-        if len(set(header)) != len(header):
-            raise UserError(f"{path}: the header names a column twice; rename one")
+        check_header(header, path)
         numbered = list(rows)
     frame = pd.DataFrame([fields for _, fields in numbered], columns=header, dtype=str)
     if frame.empty:

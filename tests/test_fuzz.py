@@ -2,6 +2,7 @@
 
 import argparse
 import io
+import json
 import unicodedata
 
 from hypothesis import HealthCheck, given, settings
@@ -134,3 +135,35 @@ def test_printable_leaves_no_control_characters(text):
     assert not any(unicodedata.category(ch) == "Cc" for ch in shown)
     if text.isprintable():
         assert shown == text
+
+
+INPUT_BYTES = st.one_of(
+    st.binary(max_size=300),
+    st.text(alphabet=st.sampled_from(list('ab {}[]:,"\n\r\t\x00é🎬=Description')), max_size=200).map(str.encode),
+    st.lists(st.fixed_dictionaries({"Description": st.one_of(st.text(max_size=20), st.integers())}), max_size=4).map(
+        lambda records: "\n".join(json.dumps(r) for r in records).encode()
+    ),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(content=INPUT_BYTES, suffix=st.sampled_from([".txt", ".csv", ".jsonl"]), max_chars=st.sampled_from([5, 1000]))
+def test_input_files_yield_rows_or_one_clean_error(tmp_path, content, suffix, max_chars):
+    from genre_tagger.textio import iter_input_chunks
+
+    source = tmp_path / f"fuzz{suffix}"
+    source.write_bytes(content)
+    try:
+        rows = [
+            row for chunk in iter_input_chunks(str(source), "Description", "Genre", "auto", max_chars) for row in chunk
+        ]
+    except UserError as err:
+        assert "\n" not in str(err).strip()
+        return
+    assert rows
+    for number, text, labels in rows:
+        assert isinstance(number, int) and number >= 1
+        assert text and len(text) <= max_chars and "\x00" not in text
+        assert labels is None or all(isinstance(label, str) for label in labels)

@@ -231,6 +231,13 @@ def test_input_errors_are_one_line(trained, tmp_path):
     one_line_error(
         run_script("predict.py", "--model", trained["output"], "--input", tmp_path / "none.csv"), "does not exist"
     )
+    one_line_error(run_script("predict.py", "--model", trained["output"], "--input", "/dev/zero"), "binary file")
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    one_line_error(run_script("predict.py", "--model", trained["output"], "--input", fifo), "named pipe")
+    lines = tmp_path / "plots.jsonl"
+    lines.write_text('{"Description": "A heist."}\nA raw line\n')
+    one_line_error(run_script("predict.py", "--model", trained["output"], "--input", lines), "line 2 is not JSON")
 
 
 @pytest.mark.parametrize("size_limit", [9_000, 20_000, 61_000])
