@@ -428,14 +428,16 @@ class Run:
     def __init__(self, files, origin, temporary=None, rewritten=()):
         self._files, self.folder, self.origin, self._temporary = files, files.root, origin, temporary
         self.verified = files.listed is not None
-        self.is_ensemble = files.exists(ENSEMBLE_FILE)
+        self.is_ensemble = (files.root / ENSEMBLE_FILE).is_file()
         required = ENSEMBLE_REQUIRED_FILES if self.is_ensemble else REQUIRED_FILES
-        missing = [name for name in required if not files.exists(name)]
+        missing = [name for name in required if not (files.root / name).is_file()]
         if missing:
             raise UserError(
                 f"{origin} is not a genre-tagger run (missing {', '.join(missing)}); "
                 "point --model at a folder or .zip written by train.py"
             )
+        if self.verified:
+            files.require_listed([*ENSEMBLE_REQUIRED_FILES] if self.is_ensemble else PREDICTING_NEEDS)
         self.config = files.json("config.json")
         self.labels = _labels_of(self.config, origin)
         self.train_config = files.json("train_config.json")
@@ -448,10 +450,8 @@ class Run:
         self.thresholds = files.json("thresholds.json")
         _check_thresholds(self.thresholds, self.labels, origin)
         self.onnx = None
-        if files.exists("onnx.json") and "onnx.json" not in rewritten:
+        if (files.root / "onnx.json").is_file() and "onnx.json" not in rewritten:
             self.onnx = _check_onnx(files.json("onnx.json"), origin)
-        if self.verified:
-            files.require_listed([*ENSEMBLE_REQUIRED_FILES] if self.is_ensemble else PREDICTING_NEEDS)
             if self.onnx is not None:
                 files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
         settings = self.train_config.get("settings")

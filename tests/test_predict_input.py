@@ -42,7 +42,7 @@ def refused(path, *fragments, fmt="auto"):
 # --- memory bounded by the run's limits, not by the input ----------------------------------------
 
 _MEASURE = """
-import resource, sys
+import sys
 from genre_tagger import UserError
 from genre_tagger.textio import iter_input_chunks
 try:
@@ -51,7 +51,9 @@ try:
     print("rows", rows)
 except UserError as err:
     print("error", err)
-print("maxrss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM: this process's own peak (ru_maxrss can carry the parent's peak across fork and exec).
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("maxrss_mb", peak_kb // 1024)
 """
 
 
