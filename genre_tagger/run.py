@@ -150,8 +150,12 @@ def _check_entry(zip_path, entry, seen):
         )
 
 
-def safe_extract(zip_path, target):
-    """Extract a run zip into `target`, within limits (entries, total size, ratio), refusing links and escapes."""
+def safe_extract(zip_path, target, kept=None):
+    """Extract a run zip into `target`, within limits (entries, total size, ratio), refusing links and escapes.
+
+    kept: a dict that receives, by entry name, the bytes of each small file and the sha256 of each large one
+    (LARGE_FILES), so that nothing extracted has to be read again to be verified.
+    """
     target = Path(target).resolve()
     try:
         zip_bytes = Path(zip_path).stat().st_size
@@ -181,6 +185,8 @@ def safe_extract(zip_path, target):
                     destination.mkdir(parents=True, exist_ok=True)
                     continue
                 destination.parent.mkdir(parents=True, exist_ok=True)
+                small = kept is not None and PurePosixPath(entry.filename).name not in LARGE_FILES
+                blocks, digest = [], hashlib.sha256()
                 # Count what is really written: the sizes in a zip's headers can lie.
                 with archive.open(entry) as source, open(destination, "wb") as sink:
                     for block in iter(lambda: source.read(1 << 20), b""):
@@ -190,6 +196,14 @@ def safe_extract(zip_path, target):
                                 f"{zip_path}: entry {printable(entry.filename)!r} unpacks to more than it says"
                             )
                         sink.write(block)
+                        if small:
+                            blocks.append(block)
+                        elif kept is not None:
+                            digest.update(block)
+                if small and entry.file_size <= MAX_SMALL_FILE_BYTES:
+                    kept[entry.filename] = b"".join(blocks)
+                elif kept is not None and not small:
+                    kept[entry.filename] = digest.hexdigest()
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as err:
         raise UserError(f"{zip_path} is not a readable zip ({first_line(err)}); re-create it with train.py") from None
     except OSError as err:
@@ -248,14 +262,18 @@ def _read_bounded(path, origin, name):
 class _Files:
     """A run folder's files, each read at most once and checked against the manifest (when there is one)."""
 
-    def __init__(self, root, origin, rewritten=()):
+    def __init__(self, root, origin, rewritten=(), extracted=None):
         self.root, self.origin = Path(root), origin
-        self.cache = {}  # relative name -> bytes (small files)
+        self.extracted = extracted or {}  # name -> a zip's small file (bytes) or large file's sha256 (str)
+        self.cache = {}  # relative name -> bytes (small files), checked
         self.hashed = set()  # large files already checked in full
         self.listed = None  # the manifest's entries, or None when the run has none
         manifest = self.root / MANIFEST
         if manifest.is_file():
-            self.listed = parse_manifest(_read_bounded(manifest, origin, MANIFEST), origin)
+            data = self.extracted.get(MANIFEST)
+            self.listed = parse_manifest(
+                data if isinstance(data, bytes) else _read_bounded(manifest, origin, MANIFEST), origin
+            )
             for name in rewritten:  # files a tool is about to write anew: neither checked nor read
                 self.listed.pop(name, None)
             self._check_all()
@@ -287,7 +305,8 @@ class _Files:
     def read(self, name):
         if name not in self.cache:
             self.require_listed([name])
-            self.cache[name] = _read_bounded(self.root / name, self.origin, name)
+            data = self.extracted.get(name)
+            self.cache[name] = data if isinstance(data, bytes) else _read_bounded(self.root / name, self.origin, name)
         return self.cache[name]
 
     def json(self, name):
@@ -302,11 +321,14 @@ class _Files:
             return path
         self.require_listed([name])
         if name not in self.hashed and name not in self.cache:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != self.listed[name]["sha256"]:
+            recorded = self.extracted.get(name)  # a zip's large file was hashed while it was extracted
+            if not isinstance(recorded, str):
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                recorded = digest.hexdigest()
+            if recorded != self.listed[name]["sha256"]:
                 raise self._changed(name)
             self.hashed.add(name)
         return path
@@ -325,6 +347,7 @@ class _Files:
         member = _Files.__new__(_Files)
         member.root, member.origin = self.root / prefix, origin
         member.cache = {k[len(prefix) + 1 :]: v for k, v in self.cache.items() if k.startswith(prefix + "/")}
+        member.extracted = {k[len(prefix) + 1 :]: v for k, v in self.extracted.items() if k.startswith(prefix + "/")}
         member.hashed = set()
         member.listed = None
         if MANIFEST in member.cache:
@@ -351,7 +374,9 @@ class _Files:
         if path.stat().st_size != entry["bytes"]:
             raise self._changed(name)
         if PurePosixPath(name).name not in LARGE_FILES:
-            data = _read_bounded(path, self.origin, name)
+            data = self.extracted.get(name)
+            if not isinstance(data, bytes):
+                data = _read_bounded(path, self.origin, name)
             if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                 raise self._changed(name)
             self.cache[name] = data
@@ -452,8 +477,7 @@ class Run:
         self.onnx = None
         if (files.root / "onnx.json").is_file() and "onnx.json" not in rewritten:
             self.onnx = _check_onnx(files.json("onnx.json"), origin)
-            if self.onnx is not None:
-                files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
+            files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
         settings = self.train_config.get("settings")
         max_length = self.onnx["max_length"] if self.onnx else (settings or {}).get("max_length")
         self.members = self._open_members() if self.is_ensemble else []
@@ -481,8 +505,9 @@ class Run:
             raise UserError(f"{path} is neither a run folder nor a zip; point --model at what train.py wrote")
         temporary = tempfile.TemporaryDirectory(prefix="genre-tagger-run-")
         try:
-            folder = safe_extract(path, temporary.name)
-            return cls(_Files(folder, path), path, temporary)
+            extracted = {}
+            folder = safe_extract(path, temporary.name, extracted)
+            return cls(_Files(folder, path, extracted=extracted), path, temporary)
         except BaseException:
             temporary.cleanup()
             raise
