@@ -7,11 +7,10 @@ With an ONNX export in the run (train.py writes one), this runs on onnxruntime +
 imports torch or transformers, so it answers in well under a second; `--backend torch` uses PyTorch.
 """
 
-import argparse
 import sys
 
 from genre_tagger import UserError
-from genre_tagger.cli import run_main
+from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import note
 from genre_tagger.metrics import decode
 from genre_tagger.run import DEFAULT_RUN, Run, parse_threshold
@@ -30,7 +29,7 @@ from genre_tagger.textio import (
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Tag movie descriptions with every genre that fits.")
+    p = ArgumentParser(description="Tag movie descriptions with every genre that fits.")
     p.add_argument("descriptions", nargs="*", help="one or more descriptions to tag")
     p.add_argument(
         "--model",

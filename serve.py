@@ -14,19 +14,18 @@ torch. Concurrent requests are gathered for up to --batch-wait-ms into one forwa
 then exits.
 """
 
-import argparse
 import logging
 import signal
 import sys
 
 from genre_tagger import UserError
-from genre_tagger.cli import run_main
+from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.run import DEFAULT_RUN
 from genre_tagger.settings import serve_settings_problem
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Serve a trained genre tagger over HTTP (JSON API and a web page).")
+    p = ArgumentParser(description="Serve a trained genre tagger over HTTP (JSON API and a web page).")
     p.add_argument(
         "--model",
         default=str(DEFAULT_RUN),

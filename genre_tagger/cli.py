@@ -9,6 +9,7 @@
 Arguments that are not valid UTF-8 are refused before the command parses them.
 """
 
+import argparse
 import os
 import runpy
 import sys
@@ -108,3 +109,10 @@ def run_script(path, interrupted_note="the previous run, if any, is intact"):
         runpy.run_path(str(path), run_name=_INSIDE)
 
     run_main(main, interrupted_note=interrupted_note)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a wrong or missing argument reported like every other user error: one line, exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")

@@ -9,13 +9,12 @@ hf_classifier.py; the tokenizer, ONNX export and everything else stay as they ar
 folder is refreshed.
 """
 
-import argparse
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from genre_tagger.cli import run_main
+from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.run import Run
 from genre_tagger.save import mark_own, reseal, run_folder_to_change
 
@@ -44,7 +43,7 @@ def convert_run(folder):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Convert a run saved by an older train.py to the current format.")
+    parser = ArgumentParser(description="Convert a run saved by an older train.py to the current format.")
     parser.add_argument("run", help="run folder (not the zip)")
     args = parser.parse_args(argv)
     folder = run_folder_to_change(args.run)

@@ -13,7 +13,6 @@ probabilities predict.py computes), the shared split.csv, manifest.json, and a z
 predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto classes refuse it.
 """
 
-import argparse
 import io
 import math
 import platform
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genre_tagger import UserError
-from genre_tagger.cli import run_main
+from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import write_json
 from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
 from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, zip_path_of
@@ -45,7 +44,7 @@ SPLIT_COLUMNS = ["split", "labels", "text"]
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m genre_tagger.ensemble",
         description="Average the probabilities of runs trained on the same split; save the ensemble as one run.",
         epilog="predict.py --model NAME (or NAME.zip) then runs every member on its ONNX export and averages.",

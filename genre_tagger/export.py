@@ -3,15 +3,13 @@
 python -m genre_tagger.export models/genre-classifier
 """
 
-import argparse
-
-from genre_tagger.cli import run_main
+from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.run import ONNX_FILES
 from genre_tagger.save import reseal, run_folder_to_change
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Add an ONNX export to a run folder written by train.py.")
+    parser = ArgumentParser(description="Add an ONNX export to a run folder written by train.py.")
     parser.add_argument("run", help="run folder (not the zip); refused if its files no longer match its manifest")
     args = parser.parse_args(argv)
     folder = run_folder_to_change(args.run, rewritten=ONNX_FILES)

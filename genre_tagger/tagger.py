@@ -45,7 +45,7 @@ class TorchTagger:
         self.check_tokenizer = run_tokenizer(run)
         try:
             self.model, self.tokenizer = load_classifier(run.folder, run.config)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        except Exception as err:  # safetensors, torch and transformers each raise their own types for a damaged file
             raise UserError(
                 f"{run.origin}: the PyTorch model cannot be loaded ({first_line(err, 200)}); re-create the run"
             ) from None
