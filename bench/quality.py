@@ -25,6 +25,9 @@ import pandas as pd
 from measure import run_measured  # bench/measure.py, beside this script
 from sklearn.model_selection import train_test_split
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from genre_tagger.run import Run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 METRICS = ["macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"]
@@ -135,8 +138,8 @@ def run_seed(seed, args, train_path, test_path, work, extra):
     print(
         f"=== seed {seed} finished in {wall:.0f} s (wall clock, whole run), peak RSS {peak_rss_mb:.0f} MB", flush=True
     )
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    config = json.loads((run_dir / "train_config.json").read_text())
+    with Run.open(run_dir) as run:
+        metrics, config = run.json("metrics.json"), dict(run.train_config)
     config["peak_rss_mb"] = peak_rss_mb
     if not args.keep_runs:
         # Model weights, ONNX files and plots are ~100 MB a run; the numbers are all in the JSON files.
