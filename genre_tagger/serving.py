@@ -438,19 +438,31 @@ class BodyLimits:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         self.in_flight += 1
         try:
             if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-                return await self.app(scope, receive, send)
+                return await self.app(scope, receive, tracked_send)
             if scope["path"] == f"/{API_VERSION}/tag":
                 self.batcher.arrived(scope)
             try:
-                await self._limited(scope, receive, send)
+                await self._limited(scope, receive, tracked_send)
             finally:
                 self.batcher.settled(scope)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # uvicorn's --graceful-timeout-s ran out on this request
             self.cut_off += 1
-            raise
+            if not started:  # the client hears why, instead of a dropped connection
+                message = "the server stopped before this request was answered; retry shortly"
+                try:
+                    await _error(send, 503, message)
+                except Exception:  # noqa: BLE001 - the connection is already gone
+                    pass
         finally:
             self.in_flight -= 1
 
