@@ -629,6 +629,12 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
             message = f"no such page: {request.url.path}; the API is under /v1 (see /docs)"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":  # JSON past the parser
+            message = (
+                "body could not be read as JSON (nested too deeply, or a number with too many digits); "
+                'send a JSON object like {"descriptions": ["A detective ..."]}'
+            )
+            return JSONResponse({"error": message}, status_code=422)
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

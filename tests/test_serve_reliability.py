@@ -130,8 +130,8 @@ REFUSED = {
     "not a string": (b'{"descriptions": ["A heist.", {"nested": [1, [2]]}]}', "descriptions[1]"),
     "a number": (b'{"descriptions": ["A heist.", 1e999]}', "descriptions[1]"),
     "huge top_k": (b'{"descriptions": ["A heist."], "top_k": 1e999}', "top_k"),
-    "too many digits": (b'{"descriptions": ["A heist."], "top_k": ' + b"9" * 5000 + b"}", ""),
-    "nested deep": (deep(50_000), ""),
+    "too many digits": (b'{"descriptions": ["A heist."], "top_k": ' + b"9" * 5000 + b"}", "too many digits"),
+    "nested deep": (deep(50_000), "nested too deeply"),
 }
 
 
@@ -239,7 +239,7 @@ def client():
 @given(body=BODIES)
 def test_arbitrary_bodies_never_get_a_5xx(client, body):
     response = client.post("/v1/tag", content=body, headers={"content-type": "application/json"})
-    assert response.status_code in (200, 400, 413, 422), (body[:300], response.text[:300])
+    assert response.status_code in (200, 413, 422), (body[:300], response.text[:300])
     if response.status_code != 200:
         assert response.json()["error"]
 
