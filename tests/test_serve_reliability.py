@@ -154,11 +154,39 @@ def test_ordinary_whitespace_and_any_unicode_are_tagged(live):
     assert live.app.state.batcher.alive
 
 
-def test_a_failing_batch_is_retried_request_by_request(live):
+def test_a_failing_batch_is_retried_request_by_request():
+    tagger = FakeTagger()
+    server = LiveServer(create_app(fake_run(tagger), batch_wait_ms=0))
+    entered, held = threading.Event(), threading.Event()
+    real = tagger.probabilities
+
+    def hold_first_batch(texts, batch_size):  # the worker is busy while the next requests queue up together
+        if texts == ["Hold."]:
+            entered.set()
+            held.wait(30)
+        return real(texts, batch_size)
+
+    tagger.probabilities = hold_first_batch
     bodies = [json.dumps({"descriptions": [f"Request {i}.", f"Plot {i}."]}).encode() for i in range(4)]
     bodies[2] = json.dumps({"descriptions": ["Fine.", f"Broken {FAIL_MARK}.", "Also fine."]}).encode()
-    before = httpx.get(live.url + "/v1/stats").json()
-    responses = at_once(*(lambda body=body: post(live.url, body) for body in bodies))
+
+    def release_when_queued():
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/v1/stats").json()["waiting"] < 9 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        held.set()
+        return post(server.url, json.dumps({"descriptions": ["Hold."]}).encode())
+
+    try:
+        holding = threading.Thread(target=lambda: post(server.url, json.dumps({"descriptions": ["Hold."]}).encode()))
+        holding.start()
+        assert entered.wait(30)
+        *responses, _ = at_once(*(lambda body=body: post(server.url, body) for body in bodies), release_when_queued)
+        holding.join(30)
+        stats = httpx.get(server.url + "/v1/stats").json()
+    finally:
+        held.set()
+        server.stop()
     for i, response in enumerate(responses):
         if i == 2:
             assert response.status_code == 500
@@ -166,10 +194,12 @@ def test_a_failing_batch_is_retried_request_by_request(live):
         else:
             assert response.status_code == 200, response.text
             assert response.json()["results"][0]["description"] == f"Request {i}."
-    stats = httpx.get(live.url + "/v1/stats").json()
-    assert stats["failed_requests"] == before["failed_requests"] + 1
-    assert stats["retried_batches"] > before["retried_batches"]  # they met in one batch, which failed
-    assert post(live.url, GOOD).status_code == 200
+    assert stats["retried_batches"] == 1 and stats["failed_requests"] == 1  # they met in one batch, which failed
+    runs = [batch for batch in tagger.batches if batch != ["Hold."]]
+    requests = [json.loads(body)["descriptions"] for body in bodies]
+    assert all(request in runs for request in requests)  # after the failed batch, each request ran alone
+    failing = runs.index(requests[2])
+    assert runs[failing + 1 : failing + 3] == [["Fine."], [f"Broken {FAIL_MARK}."]]  # then one by one to the bad one
 
 
 def test_the_batcher_outlives_any_error_and_resolves_every_request():
