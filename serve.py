@@ -28,8 +28,15 @@ from genre_tagger.run import DEFAULT_RUN
 from genre_tagger.settings import serve_settings_problem
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A wrong flag is one line `error: ...` with exit 2 (from the shell), not argparse's usage block."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see serve.py --help)")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description="Serve a trained genre tagger over HTTP (JSON API and a web page).")
+    p = _OneLineParser(description="Serve a trained genre tagger over HTTP (JSON API and a web page).")
     p.add_argument(
         "--model",
         default=str(DEFAULT_RUN),
@@ -87,7 +94,7 @@ def build_parser():
         "--graceful-timeout-s",
         type=float,
         default=30.0,
-        help="on SIGTERM, seconds to let in-flight requests finish before exiting anyway (default: %(default)s)",
+        help="on SIGTERM, seconds to let in-flight requests finish; any still running then get a 503, and the last line says how many (default: %(default)s)",
     )
     p.add_argument(
         "--limit-concurrency",

@@ -358,6 +358,10 @@ def test_startup_errors_are_one_line_exit_2(tmp_path):
     assert len(busy.stderr.strip().splitlines()) == 1, busy.stderr
     nowhere = run_script("serve.py", "--model", tmp_path / "nothing", "--host", "192.0.2.1", "--port", "0")
     assert nowhere.returncode == 2 and "could not listen on 192.0.2.1" in nowhere.stderr, nowhere.stderr
+    for flags in (["--port", "abc"], ["--no-such-flag"], ["--onnx-variant", "fp64"]):
+        wrong = run_script("serve.py", *flags)
+        assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and "--help" in wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     missing = run_script("serve.py", "--model", tmp_path / "nothing", "--port", "0")
     assert missing.returncode == 2 and missing.stderr.startswith("error: no trained model at"), missing.stderr
 
