@@ -10,12 +10,15 @@ Then open http://127.0.0.1:8000/ (the page) or /docs (the API), or:
 
 Like predict.py's default, it runs on the run's ONNX export (onnxruntime + tokenizers) and never imports
 torch. Concurrent requests are gathered for up to --batch-wait-ms into one forward pass of up to
---max-batch descriptions (--max-batch 1 turns that off). SIGTERM or Ctrl+C finishes in-flight requests,
-then exits.
+--max-batch descriptions (--max-batch 1 turns that off). One request can only fail itself: text the
+model cannot take is refused with a 4xx naming the description, and a batch that fails anyway is run
+again request by request. SIGTERM or Ctrl+C lets in-flight requests finish (at most --graceful-timeout-s),
+then exits and says whether any were cut off.
 """
 
 import logging
 import signal
+import socket
 import sys
 
 from genre_tagger import UserError
@@ -83,7 +86,19 @@ def build_parser():
         "--graceful-timeout-s",
         type=float,
         default=30.0,
-        help="on SIGTERM, seconds to let in-flight requests finish before exiting anyway (default: %(default)s)",
+        help="on SIGTERM, seconds to let in-flight requests finish; any still running then get a 503, and the last line says how many (default: %(default)s)",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=256,
+        help="most connections and requests handled at once; past it, new requests get uvicorn's plain-text 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--timeout-keep-alive-s",
+        type=int,
+        default=5,
+        help="whole seconds an idle keep-alive connection is kept open waiting for its next request (default: %(default)s)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     return p
@@ -102,6 +117,7 @@ def main(argv=None):
         raise UserError(f"serve.py needs {err.name}: pip install -r requirements-serve.txt") from None
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    listening = _listen(args.host, args.port)  # before the (slow) model load: a busy port fails at once
     run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads, spinning=args.spin)
     app = create_app(
         run,
@@ -111,36 +127,65 @@ def main(argv=None):
         max_descriptions=args.max_descriptions,
         max_body_bytes=args.max_body_kb * 1024,
     )
+    port = listening.getsockname()[1]
+    unverified = "" if run.description.get("verified", True) else "; files NOT verified: the run has no manifest.json"
     print(
         f"serving {args.model} ({run.description['base_model']}, ONNX {run.description['onnx_variant']}, "
-        f"{len(run.labels)} genres) on http://{args.host}:{args.port}/ (API docs: /docs)",
+        f"{len(run.labels)} genres{unverified}) on http://{args.host}:{port}/ (API docs: /docs)",
         file=sys.stderr,
         flush=True,
     )
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
         access_log=args.access_log,
         timeout_graceful_shutdown=args.graceful_timeout_s,
+        limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive=args.timeout_keep_alive_s,
         server_header=False,
     )
     server = uvicorn.Server(config)
-    # uvicorn stops on SIGTERM/SIGINT once in-flight requests are done, then re-raises the signal to the
-    # handler that was there before it: this one turns that into a plain exit 0 instead of a kill.
+    # uvicorn stops on SIGTERM/SIGINT once in-flight requests are done (or --graceful-timeout-s ran out),
+    # then re-raises the signal to the handler that was there before it: this one makes that a plain exit.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _exit_cleanly)
     try:
-        server.run()
+        server.run(sockets=[listening])
     except SystemExit as stop:
-        if stop.code == 0 or server.started:
+        if stop.code not in (0, None):
             raise
-        raise UserError(f"could not listen on {args.host}:{args.port} (in use?); choose another --port") from None
-    print("stopped: in-flight requests finished", file=sys.stderr)
+    finally:
+        listening.close()
+    print(stopped_message(app.cut_off, args.graceful_timeout_s), file=sys.stderr, flush=True)
+
+
+def _listen(host, port):
+    """The server's socket, bound here so that a busy port or a wrong --host is one line, not uvicorn's log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except (OSError, OverflowError) as err:
+        listening.close()
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UserError(
+            f"could not listen on {host}:{port} ({reason}); choose another --port, or a --host of this machine"
+        ) from None
+    listening.set_inheritable(True)
+    return listening
+
+
+def stopped_message(cut_off, graceful_timeout_s):
+    """What the last line after SIGTERM says: the truth about the requests that were in flight."""
+    if not cut_off:
+        return "stopped: in-flight requests finished"
+    return (
+        f"stopped: --graceful-timeout-s ({graceful_timeout_s:g} s) ran out; {cut_off} in-flight "
+        f"request{'s were' if cut_off != 1 else ' was'} cut off (answered 503)"
+    )
 
 
 def _exit_cleanly(signum, frame):
-    print("stopped: in-flight requests finished", file=sys.stderr)
     raise SystemExit(0)
 
 

@@ -38,6 +38,10 @@ BAD_REQUESTS = [
     ("not an object", b"[1, 2]", "application/json", 422),
     ("form body", b"descriptions=A+heist", "application/x-www-form-urlencoded", 415),
     ("body over 1 MiB", json.dumps({"descriptions": ["word " * 250_000]}).encode(), "application/json", 413),
+    ("lone surrogate", rb'{"descriptions": ["A heist.", "x \ud800 y"]}', "application/json", 422),
+    ("control character", rb'{"descriptions": ["A heist.", "bell \u0007"]}', "application/json", 422),
+    ("not UTF-8", b'{"descriptions": ["caf\xe9 noir"]}', "application/json", 422),
+    ("nested junk", b'{"descriptions": [' + b"[" * 10_000 + b"]" * 10_000 + b"]}", "application/json", 422),
 ]
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -26,6 +27,11 @@ WEB_FOLDER = Path(__file__).with_name("web")
 METRIC_KEYS = ("macro_f1", "micro_f1", "hamming_loss", "macro_roc_auc")
 LENGTH_RATIO = 1.3  # a gathered batch's chunk holds descriptions at most 1.3x as long (in tokens) as its shortest
 DISCARD_LIMIT = 16 << 20  # bytes of a refused body read and dropped before answering; past it, the connection is cut
+CHARS_PER_TOKEN = 64  # a description may have this many characters per token of the model's limit, and no more
+DEFAULT_MAX_TOKENS = 512
+# What the tokenizer cannot take (lone surrogates) or no plot description has: control characters other than
+# ordinary whitespace (tab, newline, carriage return, vertical tab, form feed), NUL included.
+_REFUSED_CHARACTER = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 log = logging.getLogger("genre_tagger.serving")
 
 
@@ -72,6 +78,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         "onnx_variant": tagger.variant,
         "model_sha256": model_sha256,
         "max_tokens": tagger.max_length,
+        "verified": bool(run.verified),  # False: a run without manifest.json, its files unchecked
         "metrics": {
             split: {key: metrics[split][key] for key in METRIC_KEYS if key in metrics[split]}
             for split in ("test", "test_tuned_global", "test_tuned_per_genre")
@@ -89,8 +96,24 @@ _THRESHOLD_HELP = (
 )
 
 
-def _load_schemas(max_descriptions):
-    """Pydantic models for one server's limits (the limit on descriptions per request is a setting)."""
+def text_problem(text, max_chars):
+    """Why the tokenizer or the model would refuse this description (or memory would grow with it), or None."""
+    if len(text) > max_chars:
+        return f"is {len(text)} characters long; at most {max_chars} are accepted (shorten it)"
+    if found := _REFUSED_CHARACTER.search(text):
+        code = ord(found.group())
+        if 0xD800 <= code <= 0xDFFF:
+            what = f"a lone surrogate (U+{code:04X}), which is not Unicode text"
+        elif code == 0:
+            what = "a NUL character (U+0000)"
+        else:
+            what = f"a control character (U+{code:04X})"
+        return f"has {what} at character {found.start()}; send plain text (tabs and newlines are fine)"
+    return None
+
+
+def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKENS):
+    """Pydantic models for one server's limits (descriptions per request and characters per description)."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
     class TagRequest(BaseModel):
@@ -101,7 +124,10 @@ def _load_schemas(max_descriptions):
         )
 
         descriptions: Annotated[list[str], Field(min_length=1, max_length=max_descriptions)] = Field(
-            description=f"1 to {max_descriptions} movie plot descriptions; longer ones are tagged on their first tokens"
+            description=(
+                f"1 to {max_descriptions} movie plot descriptions of at most {max_chars} characters each, in plain "
+                "text (no control characters but tabs and newlines); longer ones are tagged on their first tokens"
+            )
         )
         threshold: float | Literal["tuned", "tuned-global"] = Field(
             DEFAULT_THRESHOLD, description=f"probability at which a genre is tagged: {_THRESHOLD_HELP}"
@@ -117,7 +143,10 @@ def _load_schemas(max_descriptions):
 
         @field_validator("descriptions")
         @classmethod
-        def _not_blank(cls, value):
+        def _taggable(cls, value):
+            for i, text in enumerate(value):
+                if problem := text_problem(text, max_chars):
+                    raise ValueError(f"descriptions[{i}] {problem}")
             cleaned = [clean_text(text) for text in value]
             blank = [i for i, text in enumerate(cleaned) if not text]
             if blank:
@@ -164,6 +193,19 @@ class ServerBusy(Exception):
     """More descriptions wait than the server accepts; the client should retry later (HTTP 503)."""
 
 
+class NotServing(Exception):
+    """The batcher has stopped (the server is shutting down): the client should retry elsewhere (HTTP 503)."""
+
+
+class TaggingFailed(Exception):
+    """The model failed on this request even run alone (HTTP 500); the other requests of its batch were served."""
+
+    def __init__(self, index=None):
+        where = f"descriptions[{index}]" if index is not None else "this request"
+        super().__init__(f"the model failed on {where}; the server log has the details")
+        self.index = index
+
+
 @dataclass
 class _Job:
     texts: list
@@ -193,16 +235,27 @@ class Batcher:
         self.arriving = 0  # POST /v1/tag requests received whose descriptions are not queued yet
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
-        self.stats = {"requests": 0, "descriptions": 0, "batches": 0, "largest_batch": 0}
+        self._closing = False
+        self.stats = {"requests": 0, "descriptions": 0, "batches": 0, "largest_batch": 0, "retried_batches": 0}
+        self.stats["failed_requests"] = 0
 
     def start(self):
         self._thread.start()
 
     def stop(self):
-        """Finish what is queued, then end the worker thread."""
-        if self._thread.is_alive():
+        """Finish what is queued, then end the worker thread; anything queued after that is refused."""
+        with self._lock:
+            self._closing = True
             self._queue.put(_STOP)
+        if self._thread.is_alive():
             self._thread.join()
+        while True:  # the worker has ended: nothing may wait on it
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _STOP:
+                _resolve(job, NotServing())
 
     @property
     def alive(self):
@@ -216,22 +269,25 @@ class Batcher:
     async def probabilities(self, texts, scope=None):
         if scope is not None:
             self.settled(scope)
+        loop = asyncio.get_running_loop()
+        job = _Job(list(texts), loop.create_future(), loop)
         with self._lock:
+            if self._closing or not self._thread.is_alive():
+                raise NotServing
             if self._waiting + len(texts) > self.max_waiting:
                 raise ServerBusy
             self._waiting += len(texts)
-        loop = asyncio.get_running_loop()
-        job = _Job(list(texts), loop.create_future(), loop)
-        self._queue.put(job)
+            self._queue.put(job)
         return await job.future
 
-    def _gather(self, first):
-        """The jobs of one batch, starting with `first`; returns (jobs, job left over for the next batch).
+    def _gather(self, jobs):
+        """Adds to `jobs` (one job so far) the other jobs of its batch; returns the job left over for the next.
 
         It waits for more only while requests are on their way (received, body not yet parsed), and at
-        most `wait_s` after `first` arrived: a lone client never waits.
+        most `wait_s` after the first arrived: a lone client never waits.
         """
-        jobs, size = [first], len(first.texts)
+        first = jobs[0]
+        size = len(first.texts)
         deadline = first.enqueued + self.wait_s
         while size < self.max_batch:
             remaining = deadline - time.monotonic()
@@ -243,12 +299,12 @@ class Batcher:
             except queue.Empty:
                 if remaining > 0 and self.arriving > 0:
                     continue
-                return jobs, None
+                return None
             if job is _STOP or size + len(job.texts) > self.max_batch:
-                return jobs, job
+                return job
             jobs.append(job)
             size += len(job.texts)
-        return jobs, None
+        return None
 
     def _probabilities(self, texts, alone):
         """One request alone runs exactly as predict.py runs it (so their numbers agree). Requests gathered
@@ -289,30 +345,78 @@ class Batcher:
             first = leftover if leftover is not None else self._queue.get()
             if first is _STOP:
                 return
-            jobs, leftover = self._gather(first)
-            texts = [text for job in jobs for text in job.texts]
-            with self._lock:
-                self._waiting -= len(texts)
+            jobs, leftover = [first], None
             try:
-                outcome = self._probabilities(texts, alone=len(jobs) == 1)
-            except Exception as err:  # reported to each waiting request as a 500, the server keeps serving
-                log.exception("inference failed on a batch of %d descriptions", len(texts))
-                outcome = err
-            self.stats["batches"] += 1
-            self.stats["requests"] += len(jobs)
-            self.stats["descriptions"] += len(texts)
-            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(texts))
-            start = 0
+                leftover = self._gather(jobs)
+                self._run(jobs)
+            except BaseException as err:  # noqa: BLE001 - the worker outlives any error; only its requests fail
+                log.exception("the batcher failed on a batch of %d requests; it keeps serving", len(jobs))
+                for job in jobs:
+                    _resolve(job, TaggingFailed() if isinstance(err, Exception) else NotServing())
+
+    def _run(self, jobs):
+        """One batch: every job gets its rows, or, if the batch fails, its own outcome run alone."""
+        texts = [text for job in jobs for text in job.texts]
+        with self._lock:
+            self._waiting -= len(texts)
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(jobs)
+        self.stats["descriptions"] += len(texts)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(texts))
+        outcome = self._attempt(texts, alone=len(jobs) == 1)
+        if isinstance(outcome, Exception) and len(jobs) > 1:
+            # One bad request must not fail the others: each is run again on its own.
+            log.warning("a batch of %d requests failed (%s); retrying them one by one", len(jobs), outcome)
+            self.stats["retried_batches"] += 1
             for job in jobs:
-                part = outcome if isinstance(outcome, Exception) else outcome[start : start + len(job.texts)]
-                start += len(job.texts)
-                job.loop.call_soon_threadsafe(_settle, job.future, part)
+                self._run_alone(job)
+            return
+        if isinstance(outcome, Exception):
+            self._run_alone(jobs[0], outcome)
+            return
+        start = 0
+        for job in jobs:
+            _resolve(job, outcome[start : start + len(job.texts)])
+            start += len(job.texts)
+
+    def _run_alone(self, job, failure=None):
+        """A job on its own; if it fails, its request gets a 500 naming the description the model failed on."""
+        outcome = failure if failure is not None else self._attempt(job.texts, alone=True)
+        if not isinstance(outcome, Exception):
+            _resolve(job, outcome)
+            return
+        log.error("inference failed on a request of %d descriptions: %r", len(job.texts), outcome)
+        index = 0 if len(job.texts) == 1 else None
+        for i, text in enumerate(job.texts if len(job.texts) > 1 else ()):
+            if isinstance(self._attempt([text], alone=True), Exception):
+                index = i
+                break
+        self.stats["failed_requests"] += 1
+        _resolve(job, TaggingFailed(index))
+
+    def _attempt(self, texts, alone):
+        """The probabilities of `texts`, or the exception that stopped them (the worker never raises it)."""
+        try:
+            rows = np.asarray(self._probabilities(texts, alone))
+            if rows.ndim != 2 or len(rows) != len(texts):
+                raise RuntimeError(f"the model returned {rows.shape} probabilities for {len(texts)} descriptions")
+            return rows
+        except Exception as err:  # noqa: BLE001 - reported to the request(s) it belongs to
+            return err
+
+
+def _resolve(job, outcome):
+    """Hand a job's outcome to its request on the event loop; a loop already closed has no one waiting."""
+    try:
+        job.loop.call_soon_threadsafe(_settle, job.future, outcome)
+    except RuntimeError:
+        pass
 
 
 def _settle(future, outcome):
     if future.done():  # the client went away and its request was cancelled
         return
-    if isinstance(outcome, Exception):
+    if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)
@@ -322,21 +426,45 @@ def _settle(future, outcome):
 
 
 class BodyLimits:
-    """ASGI middleware for request bodies: over `max_bytes` gets 413 before the app reads any of it, and
-    a body that is not declared as JSON gets 415. It also tells the batcher that a tag request is on its way."""
+    """ASGI middleware for request bodies: over `max_bytes` gets 413 before the app reads any of it, a body
+    that is not declared as JSON gets 415 and one that is not UTF-8 gets 422. It also tells the batcher that
+    a tag request is on its way, and counts the requests in flight and those cut off at shutdown."""
 
     def __init__(self, app, max_bytes, batcher):
         self.app, self.max_bytes, self.batcher = app, max_bytes, batcher
+        self.in_flight = 0
+        self.cut_off = 0  # requests cancelled before their answer (uvicorn's --graceful-timeout-s ran out)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == f"/{API_VERSION}/tag":
-            self.batcher.arrived(scope)
+        started = False
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.in_flight += 1
         try:
-            await self._limited(scope, receive, send)
+            if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+                return await self.app(scope, receive, tracked_send)
+            if scope["path"] == f"/{API_VERSION}/tag":
+                self.batcher.arrived(scope)
+            try:
+                await self._limited(scope, receive, tracked_send)
+            finally:
+                self.batcher.settled(scope)
+        except asyncio.CancelledError:  # uvicorn's --graceful-timeout-s ran out on this request
+            self.cut_off += 1
+            if not started:  # the client hears why, instead of a dropped connection
+                message = "the server stopped before this request was answered; retry shortly"
+                try:
+                    await _error(send, 503, message)
+                except Exception:  # noqa: BLE001 - the connection is already gone
+                    pass
         finally:
-            self.batcher.settled(scope)
+            self.in_flight -= 1
 
     async def _limited(self, scope, receive, send):
         headers = dict(scope["headers"])
@@ -360,6 +488,8 @@ class BodyLimits:
             if size > self.max_bytes:
                 await self._discard_body(receive, headers, more)
                 return await self._too_large(send)
+        if problem := _utf8_problem(b"".join(chunks)):
+            return await _error(send, 422, problem)
         replayed = False
 
         async def replay():
@@ -388,6 +518,21 @@ class BodyLimits:
     async def _too_large(self, send):
         message = f"request body is larger than {self.max_bytes} bytes; send fewer or shorter descriptions"
         await _error(send, 413, message)
+
+
+def _utf8_problem(body):
+    """Why a body is not UTF-8 (naming the description that is not, where it can), or None."""
+    try:
+        body.decode("utf-8")
+        return None
+    except UnicodeDecodeError as err:
+        message = f"body is not valid UTF-8 (byte {err.start}); send JSON encoded as UTF-8"
+        try:  # where the rest is JSON, name the description that holds the bad bytes
+            descriptions = json.loads(body.decode("utf-8", "surrogateescape"))["descriptions"]
+            index = next(i for i, text in enumerate(descriptions) if re.search(r"[\udc80-\udcff]", str(text)))
+        except Exception:  # noqa: BLE001 - not JSON, no descriptions list, nested too deep: the body as a whole
+            return message
+        return f"descriptions[{index}] is not valid UTF-8 (byte {err.start} of the body); send JSON encoded as UTF-8"
 
 
 async def _error(send, status, message):
@@ -446,9 +591,11 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
     from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 
-    TagRequest, TagResponse = _load_schemas(max_descriptions)
+    max_chars = CHARS_PER_TOKEN * (run.description.get("max_tokens") or DEFAULT_MAX_TOKENS)
+    TagRequest, TagResponse = _load_schemas(max_descriptions, max_chars)
     batcher = Batcher(run.tagger, max_batch=max_batch, wait_ms=batch_wait_ms, batch_size=batch_size)
     settings = {
+        "max_description_chars": max_chars,
         "max_batch": max_batch,
         "batch_wait_ms": batch_wait_ms,
         "batch_size": batch_size,
@@ -482,6 +629,12 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
             message = f"no such page: {request.url.path}; the API is under /v1 (see /docs)"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path} (see /docs)"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":  # JSON past the parser
+            message = (
+                "body could not be read as JSON (nested too deeply, or a number with too many digits); "
+                'send a JSON object like {"descriptions": ["A detective ..."]}'
+            )
+            return JSONResponse({"error": message}, status_code=422)
         return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -499,6 +652,10 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
             probabilities = await batcher.probabilities(body.descriptions, request.scope)
         except ServerBusy:
             return JSONResponse({"error": "server busy: too many descriptions waiting; retry shortly"}, 503)
+        except NotServing:
+            return JSONResponse({"error": "server is shutting down; retry shortly"}, 503)
+        except TaggingFailed as err:
+            return JSONResponse({"error": str(err)}, 500)
         decoded = decode(probabilities, run.labels, thresholds, body.top_k)
         results = [
             result_record(text, row, genres, run.labels)
@@ -538,4 +695,6 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         return FileResponse(WEB_FOLDER / "index.html")
 
     app.mount("/static", StaticFiles(directory=WEB_FOLDER), name="static")
-    return BodyLimits(app, max_body_bytes, batcher)
+    limited = BodyLimits(app, max_body_bytes, batcher)
+    limited.state = app.state
+    return limited

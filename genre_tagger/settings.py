@@ -1,4 +1,4 @@
-"""Validation of train.py's and predict.py's settings before any work starts: one line naming the allowed range.
+"""Validation of train.py's, predict.py's and serve.py's settings before any work starts: one line naming the allowed range.
 
 Pure functions of the parsed arguments (and the machine's core count), so they are tested and fuzzed
 without running either script.
@@ -11,6 +11,7 @@ from pathlib import Path
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_TOKENS = 512  # the position limit of BERT-family encoders
 MAX_PREDICT_BATCH = 4096
+MAX_CONCURRENCY = 65_536  # serve.py's --limit-concurrency: far past what one process serves, well within file limits
 
 
 def available_cores():
@@ -157,6 +158,14 @@ def serve_settings_problem(args, cores=None):
             (
                 _in(args.graceful_timeout_s, 0, 3600),
                 f"--graceful-timeout-s must be between 0 and 3600, not {args.graceful_timeout_s}",
+            ),
+            (
+                _in(args.limit_concurrency, 1, MAX_CONCURRENCY),
+                f"--limit-concurrency must be between 1 and {MAX_CONCURRENCY} connections, not {args.limit_concurrency}",
+            ),
+            (
+                _in(args.timeout_keep_alive_s, 1, 3600),
+                f"--timeout-keep-alive-s must be between 1 and 3600 seconds, not {args.timeout_keep_alive_s}",
             ),
         ]
     )

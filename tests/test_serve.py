@@ -134,6 +134,7 @@ def test_genres_model_health_and_docs(server, trained):
     onnx = json.loads((trained / "onnx.json").read_text())
     assert model["onnx_variant"] == onnx["default"]
     assert model["model_sha256"] == sha256_of(trained / onnx["files"][onnx["default"]])
+    assert model["verified"] is True
     assert server.client.get("/healthz").json() == {"status": "ok"}
     assert server.client.get("/readyz").json()["status"] == "ready"
     assert "/v1/tag" in server.client.get("/openapi.json").json()["paths"]
@@ -199,7 +200,8 @@ def test_bad_json_bodies_get_4xx_json(server, body, status, says):
         (b'{"descriptions": ["A heist."', {"content-type": "application/json"}, 422, "not valid JSON"),
         (b"", {"content-type": "application/json"}, 422, "body is missing"),
         (b'{"descriptions": ["A heist."], "threshold": NaN}', {"content-type": "application/json"}, 422, "threshold"),
-        (b"\xff\xfe\x00garbage", {"content-type": "application/json"}, 422, "not valid JSON"),
+        (b"\xff\xfe\x00garbage", {"content-type": "application/json"}, 422, "body is not valid UTF-8"),
+        (b'{"descriptions": ["A heist.", "x \\ud800"]}', {"content-type": "application/json"}, 422, "descriptions[1]"),
         (b"descriptions=A+heist", {"content-type": "application/x-www-form-urlencoded"}, 415, "application/json"),
         (b'{"descriptions": ["A heist."]}', {"content-type": "text/plain"}, 415, "application/json"),
     ],
@@ -346,6 +348,60 @@ def test_sigterm_finishes_in_flight_requests_then_exits(trained):
     assert outcome["streaming"].json()["results"][0]["description"] == "A heist crew plans one last job."
     assert outcome["queued"].status_code == 200 and len(outcome["queued"].json()["results"]) == 2
     assert "Traceback" not in log
+    assert log.strip().endswith("stopped: in-flight requests finished"), log
+
+
+def test_sigterm_says_how_many_requests_the_graceful_timeout_cut_off(trained):
+    """Past --graceful-timeout-s, the requests still in flight get a JSON 503 and the last line says so."""
+    slow = Server(trained, "--batch-wait-ms", 10000, "--graceful-timeout-s", 1)
+    release = threading.Event()
+    outcome = {}
+
+    def never_finished_body():
+        yield b'{"descriptions": ["A heist crew '
+        release.wait(60)
+        yield b'plans one last job."]}'
+
+    def send(name, content):
+        with httpx.Client(base_url=slow.url, timeout=120) as client:
+            try:
+                outcome[name] = client.post("/v1/tag", content=content, headers={"content-type": "application/json"})
+            except httpx.TransportError as err:
+                outcome[name] = err
+
+    streaming = threading.Thread(target=send, args=("streaming", never_finished_body()))
+    streaming.start()
+    try:
+        wait_for_stats(slow, "arriving", 1)
+        queued = threading.Thread(target=send, args=("queued", json.dumps({"descriptions": DESCRIPTIONS[:1]})))
+        queued.start()
+        wait_for_stats(slow, "waiting", 1)  # its batch waits (up to 10 s) for the request still on its way
+        slow.process.send_signal(signal.SIGTERM)
+        assert slow.process.wait(timeout=60) == 0
+        queued.join(timeout=60)
+    finally:
+        release.set()
+        streaming.join(timeout=60)
+        log = slow.stop()
+    assert outcome["queued"].status_code == 503, log
+    assert "stopped before this request was answered" in outcome["queued"].json()["error"]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("stopped: --graceful-timeout-s (1 s) ran out; 2 in-flight requests were cut off"), log
+    assert "finished" not in last and "Traceback" not in log
+
+
+def test_a_run_without_manifest_is_served_with_a_visible_note(trained, tmp_path):
+    legacy = tmp_path / "legacy-run"
+    shutil.copytree(trained, legacy)
+    (legacy / "manifest.json").unlink()
+    unverified = Server(legacy)
+    try:
+        assert unverified.client.get("/v1/model").json()["verified"] is False
+        assert tag(unverified, descriptions=DESCRIPTIONS[:1]).status_code == 200
+    finally:
+        log = unverified.stop()
+    assert "note: " in log and "has no manifest.json" in log and "not verified" in log, log
+    assert "files NOT verified" in log
 
 
 class BlockingTagger:
