@@ -320,8 +320,11 @@ def paths_problem(args):
     if args.test_data:
         inputs.append(("--test-data", Path(args.test_data).resolve()))
     for i, (name, path) in enumerate(named):
-        for other_name, other in named[i + 1 :] + inputs:
-            if name != other_name and _overlap(path, other):
+        # Among what train.py writes, neither may hold the other; an input file may not be in what it writes.
+        pairs = [(n, o, _overlap(path, o)) for n, o in named[i + 1 :]]
+        pairs += [(n, o, path == o or path in o.parents) for n, o in inputs]
+        for other_name, other, overlapping in pairs:
+            if name != other_name and overlapping:
                 return (
                     f"{name} ({path}) and {other_name} ({other}) are the same path or one holds the other; "
                     "choose separate places so nothing is overwritten or removed"
