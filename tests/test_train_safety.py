@@ -200,3 +200,12 @@ def test_ctrl_c_keeps_the_previous_run_and_resume_refuses_other_settings(tmp_pat
     data.write_text("\n".join(data.read_text().splitlines()[:-1]) + "\n")  # one row fewer
     one_line_error(run_script(*args, "--resume"), "--data differs")
     assert any((checkpoints / "run").glob("checkpoint-*"))  # still there to resume
+
+
+def test_crossval_takes_train_py_flags_and_needs_folds(tmp_path):
+    result = run_script("-m", "genre_tagger.crossval", "--output", tmp_path / "run")
+    one_line_error(result, "--folds")
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--output", tmp_path / "in", "--data", tmp_path / "in" / "m.csv"
+    )
+    one_line_error(result, "one holds the other")
