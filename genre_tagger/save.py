@@ -284,3 +284,349 @@ def reseal(folder, always_zip=False):
         zip_folder(folder, zip_path_of(folder))
         return zip_path_of(folder)
     return None
+
+
+# --- train.py: its output, its checkpoints and the saving of a run ----------------------------------
+
+RESUME_RECORD = "genre-tagger-resume.json"  # inside a checkpoint folder: what the interrupted run trained on
+# Settings that may change between an interrupted run and its --resume (the data is compared by sha256).
+RESUME_MAY_DIFFER = ("resume", "threads", "checkpoint_dir", "data", "test_data")
+
+
+def _pending_zip_marker(output):
+    """Beside a run folder while it is published but its zip not yet rewritten from it."""
+    output = Path(output)
+    return output.parent / f".{output.name}.zip.pending"
+
+
+def checkpoint_folders(args):
+    """The folders train.py lets the Trainer write checkpoints into (one per fold with --folds)."""
+    root = Path(args.checkpoint_dir)
+    if args.folds:
+        return [root / f"fold-{fold}" for fold in range(args.folds)]
+    return [root / Path(args.output).name]
+
+
+def _overlap(a, b):
+    return a == b or a in b.parents or b in a.parents
+
+
+def paths_problem(args):
+    """Why --output, its zip, the checkpoint folders and the input files would overlap, or None."""
+    output = Path(args.output).resolve()
+    named = [("--output", output), ("--output's zip", zip_path_of(output))]
+    named += [("--checkpoint-dir", folder.resolve()) for folder in checkpoint_folders(args)]
+    inputs = [("--data", Path(args.data).resolve())]
+    if args.test_data:
+        inputs.append(("--test-data", Path(args.test_data).resolve()))
+    for i, (name, path) in enumerate(named):
+        # Among what train.py writes, neither may hold the other; an input file may not be in what it writes.
+        pairs = [(n, o, _overlap(path, o)) for n, o in named[i + 1 :]]
+        pairs += [(n, o, path == o or path in o.parents) for n, o in inputs]
+        for other_name, other, overlapping in pairs:
+            if name != other_name and overlapping:
+                return (
+                    f"{name} ({path}) and {other_name} ({other}) are the same path or one holds the other; "
+                    "choose separate places so nothing is overwritten or removed"
+                )
+    return None
+
+
+def checkpoint_problem(folder):
+    """Why train.py may not use `folder` for its checkpoints (not a folder, or one it did not create), or None."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if folder.is_symlink() or not folder.is_dir():
+        return f"--checkpoint-dir: {folder} exists and is not a folder"
+    if not is_own(folder) and any(folder.iterdir()):
+        return (
+            f"--checkpoint-dir: {folder} exists and was not created by train.py; it is never used or removed: "
+            "choose another --checkpoint-dir"
+        )
+    return None
+
+
+def output_problem(args):
+    """Refuse, before any work, to replace anything that is not a run of ours or to start over a resumable run."""
+    output = Path(args.output)
+    if problem := replace_problem(output):
+        return f"--output: {problem}; choose another folder so nothing of yours is replaced"
+    if problem := zip_replace_problem(zip_path_of(output)):
+        return f"--output: {problem}; move it or choose another --output so it is not overwritten"
+    if args.freeze_encoder and args.resume:
+        return "--resume continues a fine-tune from its checkpoints; a --freeze-encoder run has none: drop --resume"
+    if args.freeze_encoder and args.probe_first:
+        return "--probe-first fine-tunes after fitting the head; --freeze-encoder never fine-tunes: choose one"
+    from genre_tagger import distributed
+
+    if args.freeze_encoder and distributed.world_size() > 1:
+        return "--freeze-encoder fits its head in one process: run train.py without torchrun or accelerate launch"
+    for folder in checkpoint_folders(args):
+        if problem := checkpoint_problem(folder):
+            return problem
+    checkpoints = Path(args.checkpoint_dir) / output.name
+    if not args.resume and any(checkpoints.glob("checkpoint-*")):
+        return f"{checkpoints} holds checkpoints of an interrupted run: continue it with --resume, or delete that folder to start over"
+    if args.resume and not any(checkpoints.glob("checkpoint-*")):
+        return f"--resume: no checkpoint in {checkpoints} to continue from"
+    return None
+
+
+def tidy_interrupted(args):
+    """Finish or remove what an interrupted train.py left behind for this --output, saying so; keep resumable work."""
+    output = Path(args.output)
+    leftovers = stale_leftovers(output)
+    previous = [p for p in leftovers if p.name.startswith(f".{output.name}.previous-")]
+    if previous and not output.exists() and not output.is_symlink():
+        # Stopped inside publish_folder, between setting the old run aside and renaming the new one in.
+        newest = max(previous, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, output)
+        (output / OWN_MARKER).unlink(missing_ok=True)
+        leftovers.remove(newest)
+        print(f"note: restored {output} (set aside by an interrupted save)")
+    if leftovers:
+        remove_paths(leftovers)
+        print(f"note: removed {len(leftovers)} half-written leftover(s) of an interrupted save beside {output}")
+    pending = _pending_zip_marker(output)
+    if pending.is_file():
+        zip_path = zip_path_of(output)
+        if (output / MANIFEST).is_file() and not zip_replace_problem(zip_path):
+            print(f"note: {output} was saved but its zip was not (interrupted); rewriting {zip_path} from it")
+            zip_folder(output, zip_path)
+        pending.unlink(missing_ok=True)
+    if args.folds:
+        return
+    checkpoints = Path(args.checkpoint_dir) / output.name
+    manifest = output / MANIFEST
+    if (
+        not args.resume
+        and is_own(checkpoints)
+        and manifest.exists()
+        and all(c.stat().st_mtime < manifest.stat().st_mtime for c in checkpoints.glob("checkpoint-*"))
+    ):
+        # The run was saved after its last checkpoint: the process stopped before its own clean-up.
+        remove_checkpoints(checkpoints)
+        print(f"note: removed checkpoints in {checkpoints} left by an interrupted clean-up ({output} is complete)")
+
+
+def prepare_output(args):
+    """All checks of where train.py writes, then the tidying of an interrupted run; raises UserError."""
+    if problem := paths_problem(args):
+        raise UserError(problem)
+    tidy_interrupted(args)
+    if problem := output_problem(args):
+        raise UserError(problem)
+
+
+def _normalised(payload):
+    return json.loads(json.dumps(payload))
+
+
+def start_checkpoints(folder, args, labels, base_model, world_size, write=True):
+    """Create (or, with --resume, check) a checkpoint folder: marked as ours, with a record of what it trains.
+
+    --resume with other data, labels, base model, world size or settings than the interrupted run is refused,
+    naming the first difference.
+    """
+    folder = Path(folder)
+    record = _normalised(
+        {
+            "settings": {k: v for k, v in sorted(vars(args).items()) if k not in RESUME_MAY_DIFFER},
+            "data_sha256": sha256_of(args.data),
+            "test_data_sha256": sha256_of(args.test_data) if args.test_data else None,
+            "labels": list(labels),
+            "base_model": base_model,
+            "world_size": world_size,
+        }
+    )
+    if args.resume:
+        try:
+            before = json.loads((folder / RESUME_RECORD).read_text())
+        except (OSError, ValueError):
+            raise UserError(
+                f"--resume: {folder} has no readable record of what the interrupted run trained on "
+                f"({RESUME_RECORD}); delete that folder to start over"
+            ) from None
+        for key, now in record.items():
+            then = before.get(key)
+            if key == "settings":
+                for name, value in now.items():
+                    if then is None or then.get(name) != value:
+                        old = None if then is None else then.get(name)
+                        flag = "--" + name.replace("_", "-")
+                        raise UserError(
+                            f"--resume: {flag} is {value!r}, the interrupted run used {old!r}; resume with the same "
+                            "settings, or delete the checkpoints to start over"
+                        )
+            elif then != now:
+                what = {
+                    "data_sha256": "--data differs (sha256)",
+                    "test_data_sha256": "--test-data differs (sha256)",
+                    "labels": "the labels differ",
+                    "base_model": f"the base model differs ({then!r} then, {now!r} now)",
+                    "world_size": f"the number of processes differs ({then!r} then, {now!r} now)",
+                }[key]
+                raise UserError(
+                    f"--resume: {what} from the interrupted run in {folder}; resume with what it trained on, "
+                    "or delete the checkpoints to start over"
+                )
+        return folder
+    if not folder.parent.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        mark_own(folder.parent)  # created here: removed again once empty
+    folder.mkdir(exist_ok=True)
+    mark_own(folder)
+    if write:
+        write_json(folder / RESUME_RECORD, record)
+    return folder
+
+
+def remove_checkpoints(folder):
+    """Remove a checkpoint folder train.py created, and its parent if train.py created that and it is now empty."""
+    folder = Path(folder)
+    remove_own(folder)
+    parent = folder.parent
+    if is_own(parent) and all(p.name == OWN_MARKER for p in parent.iterdir()):
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def publish_and_zip(staged, output):
+    """Publish the finished run folder, then its zip; a stop in between is noted and repaired by the next run."""
+    pending = _pending_zip_marker(output)
+    pending.touch()
+    publish_folder(staged, output)
+    zip_path = zip_folder(output, zip_path_of(output))
+    pending.unlink(missing_ok=True)
+    return zip_path
+
+
+def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, scores, evaluation, training, started):
+    """Write the run folder (built in a staging folder, sealed by a manifest, renamed into place), its zip, and
+    remove the checkpoints. Returns the zip's path.
+
+    data: movies, texts, test_movies, test_texts, cleaning; split: train_idx, val_idx, test_idx, Y, Y_test;
+    scores: P_val, P_test, report, baseline_report, unseen_in_test; training: base_model, base_path,
+    fallback_note, best_epoch, log_history, parallel, train_seconds, checkpoint_dir.
+    """
+    import platform
+    import time
+
+    import joblib
+    import pandas as pd
+    import torch
+    import transformers
+
+    from genre_tagger import data as gdata
+    from genre_tagger import metrics as gmetrics
+    from genre_tagger import plots
+    from genre_tagger.modeling import export_run, positive_weights, save_classifier
+
+    output = Path(output)
+    labels = list(binarizer.classes_)
+    movies, texts, test_movies, test_texts = data["movies"], data["texts"], data["test_movies"], data["test_texts"]
+    train_idx, val_idx, test_idx, Y, Y_test = (split[k] for k in ("train_idx", "val_idx", "test_idx", "Y", "Y_test"))
+    Y_val, P_val, P_test, report = Y[val_idx], scores["P_val"], scores["P_test"], scores["report"]
+    staged = staging_folder(output)
+    try:
+        save_classifier(model, tokenizer, staged)
+        joblib.dump(binarizer, staged / "binarizer.joblib")
+        write_json(staged / "thresholds.json", {"default": args.threshold, **tuned})
+        split_rows = (
+            [("train", i) for i in train_idx]
+            + [("validation", i) for i in val_idx]
+            + [("test", i) for i in (test_idx if test_idx is not None else [])]
+        )
+        pd.DataFrame(
+            [
+                {
+                    "split": s,
+                    "source_row": int(movies["source_row"].iloc[i]),
+                    "labels": ",".join(movies["labels"].iloc[i]),
+                    "text": texts[i],
+                }
+                for s, i in split_rows
+            ]
+            + [
+                {"split": "test", "source_row": int(r), "labels": ",".join(g), "text": t}
+                for r, g, t in (
+                    zip(test_movies["source_row"], test_movies["labels"], test_texts) if test_movies is not None else []
+                )
+            ]
+        ).to_csv(staged / "split.csv", index=False)
+        pd.DataFrame(report).to_csv(staged / "per_genre.csv", index=False)
+        (staged / "plots").mkdir()
+        plots.per_label_f1(report, scores["baseline_report"], staged / "plots" / "per_genre_f1.png")
+        plots.threshold_curve(
+            gmetrics.THRESHOLD_GRID,
+            gmetrics.macro_f1_by_threshold(Y_val, P_val),
+            tuned["global"],
+            staged / "plots" / "threshold_curve.png",
+        )
+        plots.precision_recall_curves(Y_test, P_test, labels, staged / "plots" / "precision_recall.png")
+        plots.cooccurrence(Y, labels, staged / "plots" / "cooccurrence.png")
+
+        metrics_payload = {
+            "threshold": args.threshold,
+            "tuned_thresholds": tuned,
+            "test_genres_not_learned": scores["unseen_in_test"],
+            "base_model": training["base_model"],
+            "best_epoch": training["best_epoch"],
+            **evaluation,
+            "per_genre_test": report,
+            "baseline_tfidf_per_genre_test": scores["baseline_report"],
+            "log_history": training["log_history"],
+        }
+        write_json(staged / "metrics.json", metrics_payload)
+        write_json(
+            staged / "train_config.json",
+            {
+                "settings": vars(args),
+                "base_model": training["base_model"],
+                "base_model_path": training["base_path"],
+                "fallback": training["fallback_note"],
+                "labels": labels,
+                "data": {
+                    "path": str(args.data),
+                    "test_path": args.test_data,
+                    "sha256": gdata.sha256_of(args.data),
+                    "cleaning": data["cleaning"],
+                },
+                "split_sizes": {"train": len(train_idx), "validation": len(val_idx), "test": len(Y_test)},
+                "pos_weight": dict(zip(labels, map(float, positive_weights(Y[train_idx], args.pos_weight)))),
+                "parallel": training["parallel"],
+                "seconds": {
+                    "train": round(training["train_seconds"], 1),
+                    "until_save": round(time.time() - started, 1),
+                },
+                "machine": {
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                },
+                "versions": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                },
+            },
+        )
+        onnx_info = export_run(staged)
+        check = onnx_info["check"]
+        print(
+            "ONNX export checked against PyTorch on validation rows: "
+            + "; ".join(
+                f"{v}: decisions agree {check[v]['decision_agreement_vs_torch']:.2%}, max |Δp| {check[v]['max_abs_probability_difference_vs_torch']:.4f}, macro-F1 {check[v]['macro_f1']:.4f}"
+                for v in onnx_info["files"]
+            )
+            + f"; predict.py uses {onnx_info['default']}"
+        )
+        write_manifest(staged)
+        zip_path = publish_and_zip(staged, output)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    remove_checkpoints(training["checkpoint_dir"])
+    print(f"saved {output}/ and {zip_path} in {time.time() - started:.0f} s total")
+    return zip_path

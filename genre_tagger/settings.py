@@ -89,6 +89,181 @@ def train_settings_problem(args, cores=None):
     )
 
 
+def build_train_parser(description="Fine-tune a multi-label genre classifier and save a self-describing run."):
+    """train.py's flags (python -m genre_tagger.crossval takes the same ones)."""
+    import argparse
+
+    from genre_tagger.data import DEFAULT_DATA_PATH
+    from genre_tagger.metrics import DEFAULT_THRESHOLD
+    from genre_tagger.modeling import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS
+    from genre_tagger.run import DEFAULT_RUN
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA_PATH),
+        help="training CSV (default: %(default)s, downloaded with a checksum if missing)",
+    )
+    p.add_argument("--text-column", default="Description", help="column with the text (default: %(default)s)")
+    p.add_argument("--label-column", default="Genre", help="column with comma-separated labels (default: %(default)s)")
+    p.add_argument(
+        "--test-data", default=None, help="labelled CSV to test on, instead of carving a test split out of --data"
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="use only the first N rows of --data, for quick trials (default: all)"
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_BASE_MODEL,
+        help=f"base model: hub id, local folder, '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2, or 'mpnet' for all-mpnet-base-v2 from requirements-mpnet.txt (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=["mean", "cls"],
+        default="mean",
+        help="how token vectors become one vector (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=0.1, help="dropout before the classifier layer (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)"
+    )
+    p.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default: %(default)s)")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many evaluations without a better --select-by metric (default: %(default)s)",
+    )
+    p.add_argument(
+        "--select-by",
+        choices=["macro_f1", "macro_roc_auc", "loss"],
+        default="macro_f1",
+        help="validation metric that picks the best epoch and drives early stopping (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="training rows per step in each process; under torchrun an optimizer step sees batch-size x processes x --grad-accum rows (default: %(default)s)",
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="add up the gradients of K steps before each optimizer step: a K times larger batch in the same memory (default: %(default)s)",
+    )
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the encoder (default: %(default)s)")
+    p.add_argument(
+        "--head-lr",
+        type=float,
+        default=2e-3,
+        help="peak learning rate of the new classifier layer; 0 = same as --lr (default: %(default)s)",
+    )
+    p.add_argument(
+        "--layer-decay",
+        type=float,
+        default=1.0,
+        help="encoder layer i of L learns at lr * DECAY ** (L - i); 1 = same lr everywhere (default: %(default)s)",
+    )
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.1,
+        help="fraction of steps with linear learning-rate warm-up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pos-weight",
+        choices=["none", "sqrt", "full"],
+        default="full",
+        help="per-genre weight of positives in the BCE loss: none, sqrt-dampened or full negatives/positives (default: %(default)s, the best measured; bench/QUALITY.md)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction of rows for validation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="fraction of rows for test, unless --test-data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="run K-fold stratified cross-validation instead of one run; saves no model (default: off)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="probability at which a genre is tagged, for reported metrics (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed for the split alone, so runs that differ only in --seed share their rows and can be ensembled "
+        "(default: --seed)",
+    )
+    p.add_argument(
+        "--output",
+        default=str(DEFAULT_RUN),
+        help="run folder to write; a .zip of it is written beside (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default="models/checkpoints",
+        help="where Trainer checkpoints go while training; removed after a successful run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--save-steps",
+        type=int,
+        default=0,
+        help="evaluate and checkpoint every N optimizer steps (default: 0 = every epoch)",
+    )
+    p.add_argument(
+        "--save-total-limit",
+        type=int,
+        default=2,
+        help="keep at most N checkpoints, the best one included (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its latest checkpoint in --checkpoint-dir",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch in each process (default: 0 = all cores, shared out among the processes torchrun starts on this machine)",
+    )
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="keep the pretrained encoder fixed: embed every text once, then fit only the head (seconds, not minutes; one process)",
+    )
+    p.add_argument(
+        "--probe-first",
+        action="store_true",
+        help="fit the head on the frozen encoder's vectors first (as --freeze-encoder does, --frozen-head picks how), "
+        "then fine-tune everything from there (linear probe, then fine-tune)",
+    )
+    p.add_argument(
+        "--frozen-head",
+        choices=["logreg", "linear"],
+        default="logreg",
+        help="with --freeze-encoder: per-genre logistic regressions (C picked on validation) or the linear layer trained by AdamW at --head-lr (default: %(default)s)",
+    )
+    return p
+
+
 def split_problem(rows, val_fraction, test_fraction, separate_test_file):
     """Why these fractions would leave a split (train, validation or test) without rows, or None."""
     held_out_test = 0 if separate_test_file else rows * test_fraction

@@ -1,0 +1,126 @@
+"""K-fold stratified cross-validation of train.py's recipe: how far to trust a single test number.
+
+`python train.py --folds K` calls cross_validate after its data and model steps;
+`python -m genre_tagger.crossval --folds K` (train.py's flags) runs the same on its own. Each fold is
+tested once; validation is carved from the other folds. Nothing is saved but `<output>-cv<K>.json`.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from genre_tagger import UserError, distributed, save
+from genre_tagger import data as gdata
+from genre_tagger import metrics as gmetrics
+from genre_tagger.baseline import baseline_probabilities, fit_baseline
+from genre_tagger.common import write_json
+from genre_tagger.settings import build_train_parser, train_settings_problem
+
+SUMMARY_KEYS = ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")
+
+
+def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
+    """Train and test one model per fold, print mean ± std per metric and write `<output>-cv<K>.json`."""
+    from genre_tagger.modeling import predict_probabilities
+    from genre_tagger.training import train_model
+
+    output = Path(args.output)
+    fold_results = []
+    for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
+        inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.split_seed)
+        tr, va = rest[inner_train], rest[inner_val]
+        print(f"fold {fold + 1}/{args.folds}: train {len(tr)} | validation {len(va)} | test {len(held_out)}")
+        checkpoints = save.start_checkpoints(
+            Path(args.checkpoint_dir) / f"fold-{fold}", args, labels, base_model, distributed.world_size(),
+            write=distributed.is_main_process(),
+        )  # fmt: skip
+        model, _ = train_model(
+            args, base_path, labels, tokenizer, [texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va],
+            checkpoints,
+        )  # fmt: skip
+        if not distributed.is_main_process():
+            continue  # under torchrun the main process alone tests each fold and writes
+        test_fold = [texts[i] for i in held_out]
+        result = {
+            "model": gmetrics.multilabel_metrics(
+                Y[held_out], predict_probabilities(model, tokenizer, test_fold, args.max_length), args.threshold
+            )
+        }
+        baseline_fold = fit_baseline([texts[i] for i in tr], Y[tr], args.seed)
+        result["baseline"] = gmetrics.multilabel_metrics(
+            Y[held_out], baseline_probabilities(baseline_fold, test_fold), args.threshold
+        )
+        fold_results.append(result)
+        save.remove_checkpoints(checkpoints)
+    distributed.leave_unless_main()
+    summary = {}
+    for who in ("model", "baseline"):
+        summary[who] = {
+            key: {
+                "mean": float(np.mean([r[who][key] for r in fold_results])),
+                "std": float(np.std([r[who][key] for r in fold_results])),
+            }
+            for key in SUMMARY_KEYS
+        }
+        print(who.ljust(9), "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[who].items()))
+    cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
+    cv_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(
+        cv_path,
+        {
+            "config": vars(args),
+            "base_model": base_model,
+            "threshold": args.threshold,
+            "folds": fold_results,
+            "summary": summary,
+        },
+    )
+    print(f"cross-validation results written to {cv_path}")
+    return cv_path
+
+
+def main(argv=None):
+    """The same flags as train.py; --folds K (2 to 20) is required."""
+    args = build_train_parser("K-fold cross-validation of train.py's recipe; saves no model.").parse_args(argv)
+    if problem := train_settings_problem(args):
+        raise UserError(problem)
+    if not args.folds:
+        raise UserError("give --folds K (2 to 20): the number of folds")
+    if args.split_seed is None:
+        args.split_seed = args.seed
+    if problem := save.paths_problem(args):
+        raise UserError(problem)
+    for folder in save.checkpoint_folders(args):
+        if problem := save.checkpoint_problem(folder):
+            raise UserError(problem)
+    distributed.setup(args.threads)
+    if Path(args.data) == gdata.DEFAULT_DATA_PATH:
+        gdata.ensure_dataset(args.data)
+    movies, cleaning = gdata.load_labelled_csv(args.data, args.text_column, args.label_column)
+    if args.limit:
+        movies = movies.head(args.limit).reset_index(drop=True)
+    if len(movies) < 50:
+        raise UserError(f"{args.data} has {len(movies)} usable rows; cross-validation needs at least 50")
+    print(f"{args.data}: {cleaning}")
+    binarizer = gdata.fit_binarizer(movies["labels"])
+    Y = gdata.encode_labels(binarizer, movies["labels"])
+
+    from transformers import AutoTokenizer
+
+    from genre_tagger.modeling import resolve_base_model
+
+    base_path, base_model, fallback_note = resolve_base_model(args.model)
+    if fallback_note:
+        print(f"note: {fallback_note}")
+    print(f"base model: {base_model}")
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    cross_validate(args, movies["text"].tolist(), Y, list(binarizer.classes_), base_path, base_model, tokenizer)
+    return 0
+
+
+if __name__ == "__main__":
+    from genre_tagger import cli
+
+    sys.argv[0] = "python -m genre_tagger.crossval"
+    cli.run_main(main)
