@@ -20,18 +20,8 @@ if __name__ == "__main__" and not NOTEBOOK:
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-import transformers
-
 from genre_tagger import UserError, distributed, save
-from genre_tagger import data as gdata
-from genre_tagger import metrics as gmetrics
-from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
-from genre_tagger.modeling import predict_probabilities, resolve_base_model
 from genre_tagger.settings import build_train_parser, split_problem, train_settings_problem
-from genre_tagger.training import train_model
 
 # %% [markdown]
 # ## Settings
@@ -52,6 +42,19 @@ if args.split_seed is None:
 if not NOTEBOOK:
     distributed.relaunch_if_accelerate_started_one()
 save.prepare_output(args)  # refuses overlapping paths and folders it did not create; tidies an interrupted run
+
+# The heavy libraries load once the settings are known to be good: a mistyped flag is answered at once.
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+
+from genre_tagger import data as gdata
+from genre_tagger import metrics as gmetrics
+from genre_tagger.baseline import baseline_probabilities, fit_baseline, most_frequent_probabilities
+from genre_tagger.modeling import predict_probabilities, resolve_base_model
+from genre_tagger.training import train_model
+
 if args.threads:
     torch.set_num_threads(args.threads)
 transformers.utils.logging.set_verbosity_error()

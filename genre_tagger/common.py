@@ -6,6 +6,7 @@ import os
 import sys
 import unicodedata
 
+SPREADSHEET_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
 _BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
@@ -49,3 +50,18 @@ def umask_mode(mode):
 def note(message):
     """A line for the user on stderr that is not an error."""
     print(f"note: {printable(message)}", file=sys.stderr, flush=True)
+
+
+def spreadsheet_safe(cell):
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (OWASP CSV injection advice).
+
+    A cell that starts like a formula gets a leading apostrophe (which spreadsheets hide); so does one that
+    already starts with an apostrophe, so that `from_spreadsheet_safe` gives back exactly what was written.
+    """
+    cell = str(cell)
+    return "'" + cell if cell.startswith((*SPREADSHEET_FORMULA_STARTS, "'")) else cell
+
+
+def from_spreadsheet_safe(cell):
+    """The value `spreadsheet_safe` was given, from the cell it wrote."""
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell

@@ -275,3 +275,18 @@ def stratified_folds(label_matrix, folds, seed):
 
     splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros(len(label_matrix)), label_matrix)]
+
+
+def read_split(source):
+    """A run's split.csv (a path or its bytes) as a frame of str columns, its text and labels as train.py had them."""
+    import io
+
+    import pandas as pd
+
+    from genre_tagger.common import from_spreadsheet_safe
+
+    frame = pd.read_csv(io.BytesIO(source) if isinstance(source, bytes) else source, keep_default_na=False, dtype=str)
+    for column in ("labels", "text"):
+        if column in frame.columns:
+            frame[column] = frame[column].map(from_spreadsheet_safe)
+    return frame

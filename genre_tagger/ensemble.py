@@ -13,7 +13,6 @@ probabilities predict.py computes), the shared split.csv, manifest.json, and a z
 predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto classes refuse it.
 """
 
-import io
 import math
 import platform
 import shutil
@@ -22,11 +21,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import write_json
+from genre_tagger.data import read_split
 from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
 from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, zip_path_of
 from genre_tagger.save import (
@@ -98,7 +97,7 @@ def split_rows(run):
         raise UserError(
             f"{run.origin} has no split.csv, so its training rows cannot be checked; re-create it with train.py"
         )
-    split = pd.read_csv(io.BytesIO(run.read("split.csv")), keep_default_na=False, dtype=str)
+    split = read_split(run.read("split.csv"))
     if not set(SPLIT_COLUMNS) <= set(split.columns):
         raise UserError(
             f"{run.origin}: split.csv lacks the columns {', '.join(SPLIT_COLUMNS)}; re-create it with train.py"
@@ -214,7 +213,7 @@ def main(argv=None):
         from genre_tagger.tagger import EnsembleTagger
 
         tagger = EnsembleTagger(stack.enter_context(Run.open(staged)))
-        split = pd.read_csv(staged / "split.csv", keep_default_na=False, dtype=str)
+        split = read_split(staged / "split.csv")
         validation, test = split[split["split"] == "validation"], split[split["split"] == "test"]
         if validation.empty or test.empty:
             raise UserError(f"{args.runs[0]}: split.csv has no validation or no test rows to score the ensemble on")

@@ -22,9 +22,7 @@ from transformers import (
 from genre_tagger import UserError
 from genre_tagger.base_models import MPNET_ALIAS, MPNET_NAME, mpnet_model_path
 from genre_tagger.hf_classifier import MODEL_TYPE, GenreTaggerConfig, GenreTaggerForSequenceClassification
-
-DEFAULT_BASE_MODEL = "distilbert-base-uncased"
-OFFLINE_MODEL_ALIAS = "minilm"
+from genre_tagger.settings import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS  # noqa: E402
 
 
 def packaged_model_path():
@@ -342,9 +340,8 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
     and the default. When none passes, model.int8.onnx holds the recipe that agreed best and fp32 stays
     the default. onnx.json records the recipe kept (int8_recipe) and every recipe tried (check.int8_recipes).
     """
-    import pandas as pd
-
     from genre_tagger.common import write_json
+    from genre_tagger.data import read_split
     from genre_tagger.metrics import apply_thresholds, multilabel_metrics
     from genre_tagger.onnx_backend import OnnxTagger, load_tokenizer
     from genre_tagger.run import ONNX_FILES, Run
@@ -358,7 +355,7 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
         tokenizer_bytes = run.read("tokenizer.json")
     threshold, max_length = settings["threshold"], settings["max_length"]
     info = export_onnx(folder, max_length, quantize=False, config=config)
-    split = pd.read_csv(folder / "split.csv", keep_default_na=False)
+    split = read_split(folder / "split.csv")
     validation = split[split["split"] == "validation"]
     scored = split[split["split"] == "test"] if (split["split"] == "test").any() else validation
     truth = np.array([[label in row.split(",") for label in labels] for row in scored["labels"]], dtype=np.int64)

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.common import printable, sha256_of, umask_mode, write_json
+from genre_tagger.common import printable, sha256_of, spreadsheet_safe, umask_mode, write_json
 from genre_tagger.run import (
     ENSEMBLE_FILE,
     ENSEMBLE_REQUIRED_FILES,
@@ -537,7 +537,7 @@ def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, s
             + [("validation", i) for i in val_idx]
             + [("test", i) for i in (test_idx if test_idx is not None else [])]
         )
-        pd.DataFrame(
+        split_frame = pd.DataFrame(
             [
                 {
                     "split": s,
@@ -553,8 +553,14 @@ def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, s
                     zip(test_movies["source_row"], test_movies["labels"], test_texts) if test_movies is not None else []
                 )
             ]
-        ).to_csv(staged / "split.csv", index=False)
-        pd.DataFrame(report).to_csv(staged / "per_genre.csv", index=False)
+        )
+        # Text from the data and genre names are written spreadsheet-safe; data.read_split reads them back.
+        for column in ("labels", "text"):
+            split_frame[column] = split_frame[column].map(spreadsheet_safe)
+        split_frame.to_csv(staged / "split.csv", index=False)
+        per_genre = pd.DataFrame(report)
+        per_genre["label"] = per_genre["label"].map(spreadsheet_safe)
+        per_genre.to_csv(staged / "per_genre.csv", index=False)
         (staged / "plots").mkdir()
         plots.per_label_f1(report, scores["baseline_report"], staged / "plots" / "per_genre_f1.png")
         plots.threshold_curve(

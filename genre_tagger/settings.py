@@ -8,6 +8,10 @@ import math
 import os
 from pathlib import Path
 
+from genre_tagger.cli import ArgumentParser
+
+DEFAULT_BASE_MODEL = "distilbert-base-uncased"
+OFFLINE_MODEL_ALIAS = "minilm"  # the all-MiniLM-L6-v2 that requirements.txt installs
 MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_TOKENS = 512  # the position limit of BERT-family encoders
 MAX_PREDICT_BATCH = 4096
@@ -91,14 +95,12 @@ def train_settings_problem(args, cores=None):
 
 def build_train_parser(description="Fine-tune a multi-label genre classifier and save a self-describing run."):
     """train.py's flags (python -m genre_tagger.crossval takes the same ones)."""
-    import argparse
 
     from genre_tagger.data import DEFAULT_DATA_PATH
     from genre_tagger.metrics import DEFAULT_THRESHOLD
-    from genre_tagger.modeling import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS
     from genre_tagger.run import DEFAULT_RUN
 
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     p.add_argument(
         "--data",
         default=str(DEFAULT_DATA_PATH),

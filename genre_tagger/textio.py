@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.common import note, printable, umask_mode
+from genre_tagger.common import note, printable, spreadsheet_safe, umask_mode
 
 CHUNK_ROWS = 2048  # rows read, tagged and written at a time: memory stays flat for any file size
-SPREADSHEET_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP's list for CSV injection
 CHARS_PER_TOKEN = 64  # a description is cut at 64 characters per token the model reads: far past what it sees
 DEFAULT_DESCRIPTION_CHARS = 100_000
 LINE_CAP = 1 << 22  # characters of one line read at a time (a CSV row, a JSON line); a text line is cut instead
@@ -206,6 +205,15 @@ def _csv_records(lines, name, text_column, label_column):
         yield number, fields[text_at], labels
 
 
+def _character_problem(text):
+    """What a JSON escape can put in a text that UTF-8 text cannot hold (NUL, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "holds a NUL character; give plain text"
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        return "holds a lone surrogate (a broken \\u escape); give valid Unicode text"
+    return None
+
+
 def _jsonl_records(lines, name, text_column, label_column):
     from genre_tagger.data import split_labels
 
@@ -224,6 +232,8 @@ def _jsonl_records(lines, name, text_column, label_column):
             raise UserError(
                 f"{where} is not a JSON object with a {text_column!r} text field; choose it with --text-column"
             )
+        if problem := _character_problem(record[text_column]):
+            raise UserError(f"{where}: its {text_column!r} {problem}")
         if with_labels is None:
             with_labels = label_column in record
         labels = None
@@ -312,12 +322,6 @@ def unknown_labels_note(unknown, label_column):
             + ", ".join(printable(n) for n in names[:20])
             + (f" and {len(names) - 20} more" if len(names) > 20 else "")
         )
-
-
-def spreadsheet_safe(cell):
-    """A cell a spreadsheet will show as text, never run as a formula (OWASP CSV injection advice)."""
-    cell = str(cell)
-    return "'" + cell if cell.startswith(SPREADSHEET_FORMULA_STARTS) else cell
 
 
 class ResultWriter:

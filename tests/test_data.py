@@ -139,3 +139,21 @@ def test_existing_file_is_not_downloaded_again(tmp_path):
 
 def test_repo_copy_of_the_dataset_matches_the_pinned_checksum(imdb_csv):
     assert gdata.sha256_of(imdb_csv) == gdata.DATA_SHA256
+
+
+def test_split_csv_cells_are_spreadsheet_safe_and_read_back_exactly(tmp_path):
+    import pandas as pd
+
+    from genre_tagger.common import SPREADSHEET_FORMULA_STARTS, spreadsheet_safe
+    from genre_tagger.data import read_split
+
+    texts = ['=HYPERLINK("x")', "+1", "-2 days", "@cmd", "'quoted", "''twice", "plain plot"]
+    frame = pd.DataFrame({"split": "train", "labels": ["=Drama,Action"] * len(texts), "text": texts})
+    written = frame.copy()
+    for column in ("labels", "text"):
+        written[column] = written[column].map(spreadsheet_safe)
+    written.to_csv(tmp_path / "split.csv", index=False)
+    raw = pd.read_csv(tmp_path / "split.csv", keep_default_na=False, dtype=str)
+    assert not any(cell.startswith(SPREADSHEET_FORMULA_STARTS) for cell in [*raw["text"], *raw["labels"]])
+    back = read_split(tmp_path / "split.csv")
+    assert back["text"].tolist() == texts and set(back["labels"]) == {"=Drama,Action"}

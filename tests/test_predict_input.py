@@ -14,13 +14,12 @@ import pytest
 
 from conftest import ROOT
 from genre_tagger import UserError
+from genre_tagger.common import SPREADSHEET_FORMULA_STARTS, spreadsheet_safe
 from genre_tagger.textio import (
-    SPREADSHEET_FORMULA_STARTS,
     ResultWriter,
     check_output_path,
     description_limit,
     iter_input_chunks,
-    spreadsheet_safe,
     unknown_labels_note,
 )
 
