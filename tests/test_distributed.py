@@ -125,6 +125,7 @@ def test_predict_tags_from_the_distributed_run(launched):
     assert len(record["probabilities"]) >= 15
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun_continues_from_the_latest_checkpoint(tiny_distilbert, imdb_csv, tmp_path):
     args = [sys.executable, *TORCHRUN, *train_args(imdb_csv, tiny_distilbert, epochs=4)]
     checkpoints = tmp_path / "checkpoints" / "ddp"

@@ -204,6 +204,7 @@ def test_train_log_reports_baselines_and_tags_examples(trained):
     assert "A retired hitman seeks revenge" in trained["log"]
 
 
+@pytest.mark.slow
 def test_cross_validation_reports_mean_and_std_for_model_and_baseline(tiny_distilbert, imdb_csv, tmp_path):
     output = tmp_path / "cv" / "run"
     result = run_script(
@@ -220,6 +221,7 @@ def test_cross_validation_reports_mean_and_std_for_model_and_baseline(tiny_disti
     assert "± " in result.stdout
 
 
+@pytest.mark.slow
 def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, imdb_csv, tmp_path):
     lines = imdb_csv.read_text().splitlines(keepends=True)
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"

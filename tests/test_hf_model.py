@@ -283,6 +283,7 @@ print(json.dumps({{"auto": auto, "pipeline": [{{s["label"]: s["score"] for s in 
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_name", ["minilm_run", "distilbert_run"])
 def test_pipeline_and_auto_model_match_predict_torch_backend_in_a_fresh_process(run_name, request):
     run = request.getfixturevalue(run_name)
@@ -387,6 +388,7 @@ def test_load_tagger_names_a_missing_onnx_export(minilm_run):
         load_tagger(minilm_run, backend="tensorflow")
 
 
+@pytest.mark.slow
 def test_legacy_run_still_tags_and_converts(tmp_path):
     from genre_tagger.modeling import is_legacy_run, load_classifier, packaged_model_path, predict_probabilities
 

@@ -346,6 +346,7 @@ def test_train_settings_are_checked_before_work(flags, fragment):
     one_line_error(run_script("train.py", *flags), fragment)
 
 
+@pytest.mark.slow
 def test_train_data_problems_are_one_line(tmp_path, imdb_csv):
     one_line_error(run_script("train.py", "--data", tmp_path, "--output", tmp_path / "r"), "is a folder")
     unclosed = tmp_path / "unclosed.csv"
@@ -361,6 +362,7 @@ def test_train_data_problems_are_one_line(tmp_path, imdb_csv):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_train_refuses_a_tokenizer_that_does_not_know_the_text(tmp_path, imdb_csv):
     """A base model whose vocabulary maps most words to [UNK] would train on sentence lengths alone."""
     from transformers import AutoModel, DistilBertConfig, DistilBertTokenizerFast
@@ -396,6 +398,7 @@ def test_train_never_replaces_what_it_did_not_write(tmp_path):
     assert unrelated_zip.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_train_removes_leftovers_of_an_interrupted_save_and_nothing_it_did_not_create(tmp_path):
     output = tmp_path / "models" / "run"
     staging = save.staging_folder(output)  # carries the project's marker, as train.py's own does
