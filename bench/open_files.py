@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,19 +37,26 @@ def counts(trace, run):
     return found
 
 
-def traced(command, run, wait_for=None):
+def traced(command, run, ready_url=None):
     with tempfile.NamedTemporaryFile(suffix=".strace") as trace:
         full = ["strace", "-f", "-qq", "-e", "trace=openat", "-o", trace.name, sys.executable, *command]
-        if wait_for is None:
+        if ready_url is None:
             subprocess.run(full, cwd=ROOT, check=True, capture_output=True)
-        else:  # a server: wait until it says it serves, then stop it
-            process = subprocess.Popen(full, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-            deadline = time.time() + 120
-            for line in process.stderr:
-                if wait_for in line or time.time() > deadline:
-                    break
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+        else:  # a server: wait until it answers /readyz, then stop it
+            process = subprocess.Popen(full, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 180
+            while time.time() < deadline and process.poll() is None:
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=2) as answer:
+                        if answer.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            # SIGTERM goes to the traced server itself (strace's child), which then stops as it would anyway.
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            for child in children.read_text().split() if children.exists() else []:
+                os.kill(int(child), signal.SIGTERM)
+            process.wait(timeout=120)
         return counts(trace.name, run)
 
 
@@ -68,14 +76,15 @@ def main():
     parser.add_argument("--model", required=True, help="run folder or .zip")
     parser.add_argument("--port", type=int, default=8765, help="port for serve.py's start-up (default: %(default)s)")
     args = parser.parse_args()
-    run = Path(args.model)
+    run = Path(args.model).resolve()
     show("predict.py", traced(["predict.py", "--model", str(run), "A detective hunts a killer."], run))
     try:
         import uvicorn  # noqa: F401
     except ImportError:
         print("serve.py: skipped (pip install -r requirements-serve.txt)")
         return
-    started = traced(["serve.py", "--model", str(run), "--port", str(args.port)], run, wait_for="serving")
+    command = ["serve.py", "--model", str(run), "--port", str(args.port)]
+    started = traced(command, run, ready_url=f"http://127.0.0.1:{args.port}/readyz")
     show("serve.py start-up", started)
 
 

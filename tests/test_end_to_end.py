@@ -68,7 +68,7 @@ def test_zip_leaves_out_the_onnx_graph_predict_does_not_use(trained):
         assert set(archive.namelist()) == in_folder - set(unused.values())
     with Run.open(zipped) as opened:
         assert opened.verified  # the zip's manifest describes the zip's own files
-        zip_info = json.loads((opened / "onnx.json").read_text())
+        zip_info = opened.onnx
         assert zip_info["files"] == {info["default"]: info["files"][info["default"]]}
         assert zip_info["left_out_of_zip"] == unused and zip_info["check"] == info["check"]
     variant = next(iter(unused))
@@ -99,12 +99,14 @@ def test_onnx_and_torch_backends_agree(trained):
     from genre_tagger.metrics import apply_thresholds
     from genre_tagger.modeling import load_classifier, predict_probabilities
     from genre_tagger.onnx_backend import OnnxTagger
+    from genre_tagger.run import Run
 
     model, tokenizer = load_classifier(trained["output"])
     texts = DESCRIPTIONS * 3 + ["short", "a much longer description " * 20]
     torch_p = predict_probabilities(model, tokenizer, texts, max_length=128)
-    fp32 = OnnxTagger(trained["output"], variant="fp32").probabilities(texts)
-    int8 = OnnxTagger(trained["output"], variant="int8").probabilities(texts)
+    with Run.open(trained["output"]) as run:
+        fp32 = OnnxTagger.from_run(run, variant="fp32").probabilities(texts)
+        int8 = OnnxTagger.from_run(run, variant="int8").probabilities(texts)
     np.testing.assert_allclose(fp32, torch_p, atol=1e-4)
     assert np.abs(int8 - torch_p).max() < 0.05
     assert (apply_thresholds(fp32, 0.3) == apply_thresholds(torch_p, 0.3)).all()

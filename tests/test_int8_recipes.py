@@ -69,11 +69,11 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
     assert sorted(p.name for p in run_copy.glob(".*")) == []  # no recipe left aside
     with Run.open(run_copy) as opened:
         assert opened.verified
+        tagger = OnnxTagger.from_run(opened)
 
     tagged = run_script("predict.py", "--model", run_copy, "--json", PLOT)
     assert tagged.returncode == 0, tagged.stderr[-2000:]
     printed = json.loads(tagged.stdout.splitlines()[0])["probabilities"]
-    tagger = OnnxTagger(run_copy)
     assert tagger.variant == "int8"
     expected = tagger.probabilities([PLOT])[0]
     np.testing.assert_allclose([printed[label] for label in tagger.labels], expected, atol=1e-3)
