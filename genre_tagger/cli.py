@@ -54,7 +54,8 @@ def _check_argv(argv):
 def _report(error, interrupted_note):
     """Print the one line for `error` and return the exit code."""
     if isinstance(error, KeyboardInterrupt):
-        print(f"interrupted; {interrupted_note}", file=sys.stderr, flush=True)
+        # On a line of its own: Ctrl-C often lands in the middle of a progress bar's line.
+        print(f"\ninterrupted; {interrupted_note}", file=sys.stderr, flush=True)
         return 130
     message = error_message(error)
     if message is not None:

@@ -49,6 +49,7 @@ ENSEMBLE_MODEL_TYPE = "genre_tagger_ensemble"  # config.json's model_type in an 
 ZIP_LEFT_OUT = "left_out_of_zip"  # onnx.json in a zip: the ONNX variants its folder has and the zip does not
 REQUIRED_FILES = ("config.json", "model.safetensors", "thresholds.json", "train_config.json")
 ENSEMBLE_REQUIRED_FILES = ("config.json", ENSEMBLE_FILE, "thresholds.json", "train_config.json")
+MEMBER_REQUIRED_FILES = ("config.json", "thresholds.json", "train_config.json", "tokenizer.json", "onnx.json")
 # A manifest that leaves out one of these (and the ONNX graphs onnx.json names) is refused: predicting reads them.
 PREDICTING_NEEDS = ("config.json", "thresholds.json", "train_config.json", "tokenizer.json")
 # Read in full by a backend only when needed, so hashed then (once), not on every open.
@@ -450,11 +451,12 @@ class Run:
     model reads), members ([(Run, weight)] for an ensemble, else []).
     """
 
-    def __init__(self, files, origin, temporary=None, rewritten=()):
+    def __init__(self, files, origin, temporary=None, rewritten=(), member=False):
         self._files, self.folder, self.origin, self._temporary = files, files.root, origin, temporary
         self.verified = files.listed is not None
         self.is_ensemble = (files.root / ENSEMBLE_FILE).is_file()
-        required = ENSEMBLE_REQUIRED_FILES if self.is_ensemble else REQUIRED_FILES
+        # An ensemble's member carries only what predicting on its ONNX export needs (no weights).
+        required = MEMBER_REQUIRED_FILES if member else ENSEMBLE_REQUIRED_FILES if self.is_ensemble else REQUIRED_FILES
         missing = [name for name in required if not (files.root / name).is_file()]
         if missing:
             raise UserError(
@@ -592,7 +594,7 @@ class Run:
                 raise UserError(
                     f"{origin} has no manifest.json; re-create the ensemble with python -m genre_tagger.ensemble"
                 )
-            run = Run(files, origin)
+            run = Run(files, origin, member=True)
             if run.labels != self.labels:
                 raise UserError(f"{origin} tags other genres than the ensemble; re-create the ensemble")
             if run.onnx is None:

@@ -43,7 +43,7 @@ class ServedRun:
     """Everything the service needs from a run, read once at start; the run folder is not needed afterwards."""
 
     labels: list
-    thresholds: dict  # choice ("tuned", "tuned-global") -> thresholds as predict.py's thresholds_of returns them
+    thresholds: dict  # choice ("tuned", "tuned-global") -> thresholds as Run.thresholds_for returns them
     saved_thresholds: dict  # thresholds.json as train.py wrote it
     description: dict  # what GET /v1/model shows
     tagger: object  # anything with .probabilities(texts, batch_size) -> (len(texts), len(labels)) array

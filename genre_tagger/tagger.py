@@ -173,5 +173,11 @@ def load_tagger(path=DEFAULT_RUN, backend="auto", variant=None, threads=0):
     file, "int8" or "fp32" (default: the one train.py chose). threads: CPU threads (0 = all cores).
     A zip is extracted to a temporary folder that is gone once the model is loaded.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
+    if variant not in (None, "int8", "fp32"):
+        raise ValueError(f"variant must be None, 'int8' or 'fp32', not {variant!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be 0 (all cores) or a positive whole number, not {threads!r}")
     with Run.open(path) as run:
         return Tagger(open_tagger(run, backend, variant, threads), run, Path(path))

@@ -110,3 +110,42 @@ def test_predict_opens_each_run_file_once_and_large_ones_at_most_twice(trained):
     assert opened["config.json"] == 1 and opened["thresholds.json"] == 1 and opened["onnx.json"] == 1
     assert all(count == 1 for name, count in opened.items() if name.endswith(".json")), opened
     assert all(count <= 2 for count in opened.values()), opened
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda: __import__("genre_tagger").load_tagger("x", backend="gpu"), "backend must be"),
+        (lambda: __import__("genre_tagger").load_tagger("x", variant="int4"), "variant must be"),
+        (lambda: __import__("genre_tagger").load_tagger("x", threads=-1), "threads must be"),
+    ],
+)
+def test_load_tagger_misuse_is_a_value_error(call, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        call()
+
+
+def test_tagger_misuse_is_a_value_error_never_a_quiet_answer():
+    import numpy as np
+
+    from genre_tagger.tagger import Tagger
+
+    class Backend:
+        def probabilities(self, texts, batch_size):
+            return np.full((len(texts), 2), 0.5, dtype=np.float32)
+
+    run = type("R", (), {"labels": ["Action", "Drama"], "thresholds": {"default": 0.3}, "max_length": 16})()
+    tagger = Tagger(Backend(), run, "run")
+    assert tagger.tag("A heist.") == [[("Action", 0.5), ("Drama", 0.5)]]
+    for kwargs, fragment in [
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 0}, "top_k"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": "tuned"}, "per-genre"),
+        ({"batch_size": 0}, "batch_size"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            tagger.tag(["A heist."], **kwargs)
+    for texts in ([""], ["  "], [None], [3]):
+        with pytest.raises(ValueError, match="text 0"):
+            tagger.probabilities(texts)
