@@ -27,7 +27,7 @@ from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import write_json
 from genre_tagger.data import read_split
 from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
-from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, zip_path_of
+from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, is_probability, zip_path_of
 from genre_tagger.save import (
     publish_folder,
     remove_own,
@@ -73,7 +73,7 @@ def settings_problem(args):
         return f"--weights needs one weight per run ({len(args.runs)}), not {len(args.weights)}"
     if args.weights is not None and not all(math.isfinite(w) and 0 < w <= 1e6 for w in args.weights):
         return "--weights must be positive numbers (up to 1e6)"
-    if not (math.isfinite(args.threshold) and 0 < args.threshold < 1):
+    if not is_probability(args.threshold):
         return f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}"
     output = Path(args.output)
     if output.name in ("", ".", ".."):

@@ -156,8 +156,9 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
         @field_validator("threshold", mode="before")
         @classmethod
         def _threshold(cls, value):
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if value in ("tuned", "tuned-global") or (number and 0 < value < 1):
+            from genre_tagger.run import THRESHOLD_CHOICES, is_probability
+
+            if value in THRESHOLD_CHOICES or is_probability(value):  # the rule predict.py's --threshold follows
                 return value
             raise ValueError(f"must be {_THRESHOLD_HELP}, not {json.dumps(value)[:40]}")
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from genre_tagger.cli import ArgumentParser
+from genre_tagger.run import is_probability
 
 DEFAULT_BASE_MODEL = "distilbert-base-uncased"
 OFFLINE_MODEL_ALIAS = "minilm"  # the all-MiniLM-L6-v2 that requirements.txt installs
@@ -60,7 +61,7 @@ def train_settings_problem(args, cores=None):
                 "--val-fraction and --test-fraction must be between 0 and 0.5 (exclusive)",
             ),
             (
-                _in(args.threshold, 0, 1, True, True),
+                is_probability(args.threshold),
                 f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}",
             ),
             (
