@@ -131,3 +131,30 @@ def test_export_tool_refuses_what_is_not_a_run_folder(tmp_path):
     result = run_script("-m", "genre_tagger.export", tmp_path)
     assert result.returncode == 2 and "not a genre-tagger run" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("change", ["edited file", "added file", "unrelated zip beside"])
+def test_export_verifies_a_run_before_resealing_it(trained, tmp_path, change):
+    """Resealing would vouch for whatever the folder holds: export refuses a changed run and a foreign zip."""
+    import shutil
+
+    from conftest import one_line_error, run_script
+
+    run = tmp_path / "models" / "copy"
+    shutil.copytree(trained["output"], run)
+    zip_path = run.with_suffix(".zip")
+    if change == "edited file":
+        (run / "thresholds.json").write_text('{"default": 0.01}\n')
+        fragment = "does not match the run's manifest"
+    elif change == "added file":
+        (run / "notes.txt").write_text("planted")
+        fragment = "does not list (notes.txt)"
+    else:
+        with zipfile.ZipFile(zip_path, "w") as archive:
+            archive.writestr("holiday.jpg", "photos")
+        fragment = "not a run zip"
+    manifest_before = (run / "manifest.json").read_bytes()
+    zip_before = zip_path.read_bytes() if zip_path.exists() else None
+    one_line_error(run_script("-m", "genre_tagger.export", run), fragment)
+    assert (run / "manifest.json").read_bytes() == manifest_before
+    assert (zip_path.read_bytes() if zip_path.exists() else None) == zip_before
