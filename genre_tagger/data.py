@@ -78,6 +78,9 @@ def _row_list(mask, source_rows):
     return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
+MAX_CSV_LINE_CHARS = 4 << 20  # one physical line of a training CSV; far above any real row
+
+
 def csv_rows(handle, source):
     """Yield (row number, fields) of a CSV read strictly; the header is row 1, as in a spreadsheet.
 
@@ -141,10 +144,20 @@ def open_text_file(path, what="--input"):
         raise UserError(f"{what} {path} does not exist")
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file")
+    if not path.is_file():  # a device or a pipe: endless, or read only once (the data is read, then hashed)
+        raise UserError(f"{what} {path} is not a regular file; give a CSV file")
     try:
         return open(path, newline="", encoding="utf-8-sig")
     except OSError as err:
         raise UserError(f"cannot read {what} {path} ({err.strerror})") from None
+
+
+def bounded_lines(handle, source, cap=MAX_CSV_LINE_CHARS):
+    """The lines of a text file, each read in at most `cap` characters: a line without end is one clean error."""
+    while line := handle.readline(cap + 1):
+        if len(line) > cap:
+            raise UserError(f"{source} has a line longer than {cap} characters; this is not a CSV of descriptions")
+        yield line
 
 
 def read_csv(path, what="--data"):
@@ -152,7 +165,7 @@ def read_csv(path, what="--data"):
     import pandas as pd  # imported here: predict.py uses clean_text without paying for pandas
 
     with open_text_file(path, what) as handle:
-        rows = csv_rows(handle, path)
+        rows = csv_rows(bounded_lines(handle, path), path)
         _, header = next(rows)
         check_header(header, path)
         numbered = list(rows)

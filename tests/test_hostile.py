@@ -355,6 +355,13 @@ def test_train_data_problems_are_one_line(tmp_path, imdb_csv):
     ragged = tmp_path / "ragged.csv"
     ragged.write_text("Title,Genre,Description\nA,Drama,A plot\nB,Another plot\n")
     one_line_error(run_script("train.py", "--data", ragged, "--output", tmp_path / "r"), "row 3 has 2 fields")
+    # A device, a pipe or a line without end never grows memory: refused in one line.
+    one_line_error(run_script("train.py", "--data", "/dev/zero", "--output", tmp_path / "r"), "not a regular file")
+    os.mkfifo(tmp_path / "pipe.csv")
+    one_line_error(run_script("train.py", "--data", tmp_path / "pipe.csv", "--output", tmp_path / "r"), "regular file")
+    endless = tmp_path / "endless.csv"
+    endless.write_text("Title,Genre,Description\n" + "x" * (5 << 20))
+    one_line_error(run_script("train.py", "--data", endless, "--output", tmp_path / "r"), "line longer than")
     result = run_script(
         "train.py", "--data", imdb_csv, "--limit", "60", "--val-fraction", "0.01", "--output", tmp_path / "r"
     )
