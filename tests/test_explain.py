@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import one_line_error, run_script
 from genre_tagger.explain import compact, explain, format_explanation, html, without, word_spans
 
 LABELS = ["Horror", "Comedy", "Drama"]
@@ -142,3 +143,56 @@ def test_tagger_explain_checks_its_arguments():
     ]:
         with pytest.raises(ValueError, match=message):
             tagger.explain(**kwargs)
+
+
+# %% On a trained run: predict.py --explain
+
+LONG = "A family moves into a farmhouse haunted by a malevolent presence. " * 60  # past the model's token limit
+
+
+def test_predict_explain_json_offsets_point_at_words_of_the_input(trained):
+    texts = ["A retired hitman seeks revenge on the gangsters who killed his dog.", LONG]
+    result = run_script(
+        "predict.py", "--model", trained["output"], "--explain", "--json", "--threshold", "0.05", *texts
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    for record, text in zip(records, texts):
+        explanation = record["explanations"]
+        assert [g["genre"] for g in explanation["genres"]] == [g["genre"] for g in record["genres"]]
+        assert any(g["up"] or g["down"] for g in explanation["genres"])
+        for genre in explanation["genres"]:
+            for word in genre["up"] + genre["down"]:
+                assert text[word["start"] : word["end"]] == word["word"] and word["word"].isalnum()
+            assert [w["score"] for w in genre["up"]] == sorted((w["score"] for w in genre["up"]), reverse=True)
+            assert all(w["score"] > 0 for w in genre["up"]) and all(w["score"] < 0 for w in genre["down"])
+    assert [r["explanations"]["truncated"] for r in records] == [False, True]
+    last_seen = max(w["end"] for g in records[1]["explanations"]["genres"] for w in g["up"] + g["down"])
+    assert last_seen < len(LONG) // 2  # only the words the model read are explained
+    from_zip = run_script("predict.py", "--model", trained["zip"], "--explain", "--json", "--threshold", "0.05", *texts)
+    assert from_zip.stdout == result.stdout  # stable: folder and zip, two calls
+
+
+def test_predict_explain_readable_and_in_files(trained, tmp_path):
+    readable = run_script("predict.py", "--model", trained["output"], "--explain", "--threshold", "0.05", "A dog.")
+    assert readable.returncode == 0, readable.stderr
+    assert "dog +" in readable.stdout or "dog -" in readable.stdout
+    source = tmp_path / "in.txt"
+    source.write_text("A retired hitman seeks revenge.\nTwo strangers fall in love.\n")
+    for name in ("out.csv", "out.jsonl"):
+        out = tmp_path / name
+        result = run_script(
+            "predict.py", "--model", trained["output"], "--explain", "--threshold", "0.05",
+            "--input", source, "--output", out,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        if name.endswith(".csv"):
+            import csv
+
+            rows = list(csv.DictReader(out.open(encoding="utf-8")))
+            explanations = [json.loads(row["explanations"]) for row in rows]
+        else:
+            explanations = [json.loads(line)["explanations"] for line in out.read_text().splitlines()]
+        assert len(explanations) == 2 and all("genres" in e and "truncated" in e for e in explanations)
+    one_line_error(run_script("predict.py", "--model", trained["output"], "--explain", "  "), "empty")
+    one_line_error(run_script("predict.py", "--model", trained["output"], "--explain"), "give a description")
