@@ -9,7 +9,7 @@ never removed. Offsets (start, end) index the ORIGINAL text, so a page can highl
 A text longer than the model's token limit is explained on what the model saw (the words within its first
 `max_length` tokens), flagged `"truncated": true`.
 
-The text and its variants always run as one batch of their own (chunks of EXPLAIN_BATCH rows), whatever
+The text and its variants always run as one batch of their own (chunks of EXPLAIN_TOKENS tokens), whatever
 else is being tagged: int8 numbers depend slightly on batch composition, so predict.py and serve.py agree.
 """
 
@@ -19,7 +19,7 @@ import re
 import numpy as np
 
 WORD = re.compile(r"\w+(?:['’\-]\w+)*")
-EXPLAIN_BATCH = 128  # rows (a text and its variants) per forward pass
+EXPLAIN_TOKENS = 8192  # tokens (rows x length) per forward pass of a text and its variants: memory stays bounded
 DEFAULT_WORDS = 5
 
 
@@ -49,30 +49,33 @@ def _tokenizers(tagger):
 
 
 def seen_part(tagger, text):
-    """(characters of `text` the model reads, truncated?): the model reads its first `max_length` tokens."""
-    seen_end, truncated = len(text), False
+    """(characters of `text` the model reads, truncated?, its length in tokens): the model reads its first
+    `max_length` tokens (without a tokenizer to ask, all of it, counted as 2 tokens a word)."""
+    seen_end, truncated, tokens = len(text), False, 2 * len(word_spans(text)) + 2
     tokenizers = _tokenizers(tagger)
     if tokenizers:
-        seen_end = 0
+        seen_end, tokens = 0, 0
         for tokenizer in tokenizers:
             encoding = tokenizer.encode(text)
+            tokens = max(tokens, len(encoding.ids))
             ends = [end for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask) if not special]
             if encoding.overflowing:
                 truncated = True
                 seen_end = max(seen_end, max(ends, default=0))
             else:
                 seen_end = len(text)
-    return seen_end, truncated
+    return seen_end, truncated, tokens
 
 
 def _word_scores(tagger, text):
     """(spans, full probabilities, scores of shape (words, genres)) for the part of `text` the model reads."""
-    seen_end, truncated = seen_part(tagger, text)
+    seen_end, truncated, tokens = seen_part(tagger, text)
     base = text[:seen_end]
     spans = [(s, e) for s, e in word_spans(base)]
     rows = [base] + [without(base, s, e) for s, e in spans]
     rows = [row if row.strip() else "." for row in rows]  # a one-word text without its word: nothing left
-    probabilities = np.asarray(tagger.probabilities(rows, EXPLAIN_BATCH), dtype=np.float64)
+    batch = max(4, min(len(rows), EXPLAIN_TOKENS // max(tokens, 1)))
+    probabilities = np.asarray(tagger.probabilities(rows, batch), dtype=np.float64)
     return spans, truncated, probabilities[0] - probabilities[1:]
 
 
