@@ -225,9 +225,8 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
-    explain: dict | None = (
-        None  # explain()'s keyword arguments: the job runs alone, its outcome is (rows, explanations)
-    )
+    # With explain()'s keyword arguments, the job runs alone and its outcome is (rows, explanations).
+    explain: dict | None = None
 
 
 _STOP = object()
