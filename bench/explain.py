@@ -9,12 +9,14 @@ Over the run's held-out descriptions (split.csv's test + validation rows), on it
   p(text) - p(rationale only), for the top-k words as rationale, k = 3 and k = 20% of the words, beside the
   same for k random words;
 - cost: the extra time of `explain` per description beyond plain probabilities (one description at a time),
-  over all and over descriptions of at most 70 words;
+  over all and over descriptions of at most 70 words, with predict.py's onnxruntime settings (idle threads
+  spin) and serve.py's (idle threads sleep: better on shared cores);
 - stability: identical attributions from two calls, and from the run's folder and its zip.
 """
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -110,6 +112,7 @@ def main():
 
     with Run.open(args.model) as run:
         tagger = open_tagger(run, threads=args.threads)
+        sleeping = open_tagger(run, threads=args.threads, spinning=False)
         texts = held_out(run, args.rows)
         thresholds = run.thresholds_for("0.3")
         labels = run.labels
@@ -131,17 +134,20 @@ def main():
             f"sufficiency {mean['suff']:.4f} (random {mean['suff_random']:.4f}; lower is better)"
         )
 
-    plain, extra = timings(tagger, texts, thresholds)
     lengths = np.array([len(t.split()) for t in texts])
     short = lengths <= 70
     print(f"\nCost, one description at a time ({len(texts)} descriptions, {lengths.mean():.0f} words mean):")
-    print(f"  plain probabilities: {np.mean(plain):.1f} ms mean")
-    for name, mask in (("all", np.ones(len(texts), bool)), ("<= 70 words", short)):
-        values = extra[mask]
-        print(
-            f"  extra for explain, {name} ({mask.sum()}): mean {values.mean():.1f} ms, "
-            f"median {statistics.median(values):.1f} ms, p90 {np.percentile(values, 90):.1f} ms, max {values.max():.1f} ms"
-        )
+    for setting, timed in (("predict.py (threads spin)", tagger), ("serve.py (threads sleep)", sleeping)):
+        timed.probabilities(texts[:8], 32)
+        plain, extra = timings(timed, texts, thresholds)
+        print(f"  {setting}: plain probabilities {np.mean(plain):.1f} ms mean")
+        for name, mask in (("all", np.ones(len(texts), bool)), ("<= 70 words", short)):
+            values = extra[mask]
+            print(
+                f"    extra for explain, {name} ({mask.sum()}): mean {values.mean():.1f} ms, median "
+                f"{statistics.median(values):.1f} ms, p90 {np.percentile(values, 90):.1f} ms, max {values.max():.1f} ms"
+            )
+    print(f"  load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     subset = texts[:50]
     first = explain(tagger, subset, 0.05)
