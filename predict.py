@@ -12,6 +12,7 @@ import sys
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import note
+from genre_tagger.explain import explained, format_explanation
 from genre_tagger.metrics import decode
 from genre_tagger.run import DEFAULT_RUN, Run, parse_threshold
 from genre_tagger.settings import MAX_PREDICT_BATCH, predict_settings_problem
@@ -91,6 +92,12 @@ def build_parser():
         help=f"descriptions per forward pass, 1 to {MAX_PREDICT_BATCH} (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads, at most the cores available (default: 0 = all)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also say which words pushed each tagged genre up or down (leave-one-word-out; one extra batch per "
+        "description); --json and --output carry them with character offsets",
+    )
     return p
 
 
@@ -106,7 +113,7 @@ def tag_file(tagger, args, labels, thresholds):
         from tqdm import tqdm
 
         progress = tqdm(unit=" rows", file=sys.stderr, mininterval=1.0, leave=False)
-    writer = ResultWriter(args.output, labels, args.threshold, args.json)
+    writer = ResultWriter(args.output, labels, args.threshold, args.json, args.explain)
     truth, predicted, unknown, known = [], [], set(), set(labels)
     limit = description_limit(getattr(tagger, "max_length", None))
     try:
@@ -114,7 +121,12 @@ def tag_file(tagger, args, labels, thresholds):
             texts = [text for _, text, _ in chunk]
             probabilities = tagger.probabilities(texts, args.batch_size)
             warn_unknown(tagger, texts, [f"row {number}" for number, _, _ in chunk])
-            writer.write(texts, probabilities, decode(probabilities, labels, thresholds, args.top_k))
+            writer.write(
+                texts,
+                probabilities,
+                decode(probabilities, labels, thresholds, args.top_k),
+                explained(tagger, args, texts, thresholds, probabilities, labels),
+            )
             if chunk[0][2] is not None:
                 truth.extend([[label in row for label in labels] for _, _, row in chunk])
                 unknown.update(label for _, _, row in chunk for label in row if label not in known)
@@ -167,10 +179,14 @@ def main(argv=None):
     probabilities = tagger.probabilities(descriptions, args.batch_size)
     warn_unknown(tagger, descriptions, [f"description {i}" for i in range(1, len(descriptions) + 1)])
     decoded = decode(probabilities, labels, thresholds, args.top_k)
+    explanations = explained(tagger, args, descriptions, thresholds, probabilities, labels)
     if args.json or len(descriptions) > 1:
-        ResultWriter(None, labels, args.threshold, args.json).write(descriptions, probabilities, decoded)
+        writer = ResultWriter(None, labels, args.threshold, args.json, args.explain)
+        writer.write(descriptions, probabilities, decoded, explanations)
     else:
         print(format_genres(decoded[0], args.threshold, probabilities[0], labels))
+        if explanations:
+            print(format_explanation(explanations[0]))
 
 
 if __name__ == "__main__":

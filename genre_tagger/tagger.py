@@ -6,6 +6,7 @@
     tagger.tag(["A retired hitman seeks revenge on the gangsters who killed his dog."])
     # [[('Crime', p), ('Drama', p), ...]]: genres at or above 0.3, highest first
     tagger.probabilities(texts)                                 # array (len(texts), len(tagger.labels))
+    tagger.explain(texts)                                       # per tagged genre, the words behind it
 
 The ONNX backend runs on onnxruntime + tokenizers and never imports torch or transformers; the torch
 backend loads the run's PreTrainedModel. Labels come from the run's config.json (`id2label`); nothing
@@ -164,6 +165,23 @@ class Tagger:
             raise ValueError(f"top_k must be None or a whole number of at least 1, not {top_k!r}")
         thresholds = self.thresholds(threshold)
         return decode(self.probabilities(texts, batch_size), self.labels, thresholds, top_k)
+
+    def explain(self, texts, threshold=DEFAULT_THRESHOLD, top_k=None, words=5):
+        """Per text, which words pushed each tagged genre up or down (leave-one-word-out; genre_tagger.explain).
+
+        Returns [{"truncated": bool, "genres": [{"genre", "probability", "up", "down"}, ...]}, ...]; each word is
+        {"word", "start", "end", "score"} with offsets into the text. `words`: at most this many up and down.
+        """
+        from genre_tagger.explain import explain
+
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None or a whole number of at least 1, not {top_k!r}")
+        if isinstance(words, bool) or not isinstance(words, int) or words < 1:
+            raise ValueError(f"words must be a whole number of at least 1, not {words!r}")
+        thresholds = self.thresholds(threshold)
+        texts = _checked_texts(texts)
+        probabilities = self.probabilities(texts)
+        return explain(self, texts, thresholds, top_k, words, probabilities=probabilities)
 
 
 def load_tagger(path=DEFAULT_RUN, backend="auto", variant=None, threads=0):

@@ -331,8 +331,8 @@ class ResultWriter:
     (`commit`), so a failed or interrupted run leaves no partial file that looks finished.
     """
 
-    def __init__(self, path, labels, threshold_text, as_json):
-        self.labels, self.threshold_text, self.as_json = labels, threshold_text, as_json
+    def __init__(self, path, labels, threshold_text, as_json, explain=False):
+        self.labels, self.threshold_text, self.as_json, self.explain = labels, threshold_text, as_json, explain
         self.path = path
         self.tmp_name = None
         if path:
@@ -349,7 +349,7 @@ class ResultWriter:
         self.csv = None
         if path and path.lower().endswith(".csv"):
             self.csv = csv.writer(self.handle)
-            header = ["description", "genres", *self.labels]
+            header = ["description", "genres", *self.labels] + (["explanations"] if explain else [])
             self._guard(self.csv.writerow, [spreadsheet_safe(cell) for cell in header])
 
     def _guard(self, action, *args):
@@ -361,11 +361,17 @@ class ResultWriter:
             where = self.path or "standard output"
             raise UserError(f"cannot write {where} ({err.strerror or err}); nothing partial was kept") from None
 
-    def write(self, texts, probabilities, decoded):
-        for text, row, genres in zip(texts, probabilities, decoded):
+    def write(self, texts, probabilities, decoded, explanations=None):
+        """One result per text; `explanations` (genre_tagger.explain's, one per text) when --explain."""
+        from genre_tagger.explain import compact, format_explanation
+
+        explanations = explanations if explanations is not None else [None] * len(texts)
+        for text, row, genres, explanation in zip(texts, probabilities, decoded, explanations):
             if self.csv:
                 genre_cell = ",".join(g for g, _ in genres)
                 line = [spreadsheet_safe(text), spreadsheet_safe(genre_cell), *(f"{p:.4f}" for p in row)]
+                if explanation is not None:
+                    line.append(spreadsheet_safe(compact(explanation)))
                 self._guard(self.csv.writerow, line)
             elif self.as_json or self.path:
                 record = {
@@ -373,10 +379,14 @@ class ResultWriter:
                     "genres": [{"genre": g, "probability": round(p, 4)} for g, p in genres],
                     "probabilities": {label: round(float(p), 4) for label, p in zip(self.labels, row)},
                 }
+                if explanation is not None:
+                    record["explanations"] = explanation
                 self._guard(self.handle.write, json.dumps(record) + "\n")
             else:
                 shown = format_genres(genres, self.threshold_text, row, self.labels)
                 self._guard(self.handle.write, f"{shown}\t{printable(text)}\n")
+                if explanation is not None:
+                    self._guard(self.handle.write, format_explanation(explanation) + "\n")
         self._guard(self.handle.flush)
 
     def commit(self):

@@ -91,6 +91,33 @@ def tag(server, **body):
     return server.client.post("/v1/tag", json=body)
 
 
+def test_tag_explain_gives_predict_explain_json(server, trained):
+    """ "explain": true returns exactly predict.py --explain --json's attributions, offsets included."""
+    expected = run_script("predict.py", "--model", trained, "--explain", "--json", "--threshold", "0.05", *DESCRIPTIONS)
+    assert expected.returncode == 0, expected.stderr
+    records = [json.loads(line) for line in expected.stdout.splitlines()]
+    # Another client's plain request in flight at the same time changes nothing: an explanation runs on its own.
+    with httpx.Client(base_url=server.url, timeout=120) as other:
+        thread = threading.Thread(target=lambda: other.post("/v1/tag", json={"descriptions": DESCRIPTIONS * 5}))
+        thread.start()
+        response = tag(server, descriptions=DESCRIPTIONS, explain=True, threshold=0.05)
+        thread.join()
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == records
+    assert any(r["explanations"]["genres"] for r in records)
+    assert [r["explanations"]["truncated"] for r in records] == [False, False, True]
+    plain = tag(server, descriptions=DESCRIPTIONS[:1]).json()["results"][0]
+    assert "explanations" not in plain
+    refused = tag(server, descriptions=["   "], explain=True)
+    assert refused.status_code == 422 and "empty" in refused.json()["error"]
+    refused = tag(server, descriptions=["x" * 10**6], explain=True)
+    assert refused.status_code in (413, 422)
+    refused = tag(server, descriptions=["A dog."], explain="yes")
+    assert refused.status_code == 422 and "explain" in refused.json()["error"]
+    docs = server.client.get("/openapi.json").json()["components"]["schemas"]["TagRequest"]["properties"]
+    assert "which words pushed" in docs["explain"]["description"]
+
+
 def test_tag_gives_predict_json_numbers(server, trained):
     """Same run, same descriptions: the API's records equal predict.py --json's, number for number."""
     for threshold, top_k in ((None, None), ("tuned", None), (0.45, 2)):
@@ -554,6 +581,47 @@ def test_page_tags_a_description_and_the_slider_remarks_it(server, browser):
     )
     assert tagged_genres(browser) == [g for g, p, _ in bars if p >= float(f"{middle:.2f}")]
     assert server.client.get("/v1/stats").json()["requests"] == requests_before  # no new request
+
+
+def test_clicking_a_genre_highlights_its_words(server, browser):
+    from selenium.webdriver.common.by import By
+
+    description = DESCRIPTIONS[0]
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "description").send_keys(description)
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: len(bars_of(d)) > 0)
+    top_genre, _, top_item = bars_of(browser)[0]
+    assert browser.find_elements(By.CSS_SELECTOR, "#words mark") == []  # nothing marked before a click
+    top_item.click()
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#words mark"))
+    expected = tag(server, descriptions=[description], explain=True, threshold=0.01).json()["results"][0]
+    (genre,) = [g for g in expected["explanations"]["genres"] if g["genre"] == top_genre]
+    marks = browser.find_elements(By.CSS_SELECTOR, "#words mark")
+    shown = sorted((m.text, m.get_attribute("class"), float(m.get_attribute("data-score"))) for m in marks)
+    wanted = [(w["word"], "up", w["score"]) for w in genre["up"]] + [
+        (w["word"], "down", w["score"]) for w in genre["down"]
+    ]
+    assert shown == sorted(wanted) and shown
+    assert browser.find_element(By.ID, "words").text == description  # the whole description, words in place
+    up = [m for m in marks if m.get_attribute("class") == "up"]
+    if up:
+        assert "172, 238, 187" in up[0].value_of_css_property("background-color")  # green
+    assert "selected" in top_item.get_attribute("class").split()
+    # Another genre re-marks its own words, without asking the server again.
+    requests_before = server.client.get("/v1/stats").json()["requests"]
+    second_genre, _, second_item = bars_of(browser)[1]
+    second_item.click()
+    (second,) = [g for g in expected["explanations"]["genres"] if g["genre"] == second_genre]
+    wanted = sorted([(w["word"], "up") for w in second["up"]] + [(w["word"], "down") for w in second["down"]])
+    wait_for(
+        browser,
+        lambda d: (
+            sorted((m.text, m.get_attribute("class")) for m in d.find_elements(By.CSS_SELECTOR, "#words mark"))
+            == wanted
+        ),
+    )
+    assert server.client.get("/v1/stats").json()["requests"] == requests_before
 
 
 def test_page_keyboard_only_and_error_message(server, browser):

@@ -202,6 +202,31 @@ def test_a_failing_batch_is_retried_request_by_request():
     assert runs[failing + 1 : failing + 3] == [["Fine."], [f"Broken {FAIL_MARK}."]]  # then one by one to the bad one
 
 
+def test_an_explanation_that_fails_fails_only_its_own_request():
+    tagger = FakeTagger(delay_s=0.01)
+    real = tagger.probabilities
+
+    def occlusion_fails(texts, batch_size):  # the plain pass of "doomed" works; its leave-one-out batch fails
+        if len(texts) > 1 and any("doomed" in text for text in texts):
+            raise RuntimeError("the model choked on the variants")
+        return real(texts, batch_size)
+
+    tagger.probabilities = occlusion_fails
+    server = LiveServer(create_app(fake_run(tagger), batch_wait_ms=5))
+    bodies = [{"descriptions": [f"Plot {i} of a film."]} for i in range(4)]
+    bodies += [{"descriptions": ["A doomed explanation."], "explain": True}]
+    bodies += [{"descriptions": ["A longer plot about a heist."], "explain": True, "threshold": 0.1}]
+    try:
+        responses = at_once(*(lambda body=body: post(server.url, json.dumps(body).encode()) for body in bodies))
+    finally:
+        server.stop()
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 500, 200]
+    assert "the model failed" in responses[4].json()["error"]
+    (explained,) = responses[5].json()["results"]
+    assert [g["genre"] for g in explained["explanations"]["genres"]] == ["Drama", "Action"]
+    assert all("explanations" not in r.json()["results"][0] for r in responses[:4])
+
+
 def test_the_batcher_outlives_any_error_and_resolves_every_request():
     tagger = FakeTagger()
 
@@ -246,7 +271,12 @@ ODD_CHARACTERS = st.sampled_from(list("\ud800\udbff\udc80\udfff\x00\x07\x1b\x1f\
 ANY_TEXT = st.text(st.characters(exclude_categories=()) | ODD_CHARACTERS, max_size=600)  # surrogates, controls
 TAG_BODIES = st.fixed_dictionaries(
     {"descriptions": st.lists(ANY_TEXT | JSON_VALUES, max_size=5) | JSON_VALUES},
-    optional={"threshold": st.floats() | JSON_VALUES, "top_k": st.integers() | JSON_VALUES, "extra": JSON_VALUES},
+    optional={
+        "threshold": st.floats() | JSON_VALUES,
+        "top_k": st.integers() | JSON_VALUES,
+        "explain": st.booleans() | JSON_VALUES,
+        "extra": JSON_VALUES,
+    },
 )
 WELL_SHAPED = st.fixed_dictionaries({"descriptions": st.lists(ANY_TEXT, min_size=1, max_size=5)})
 BODIES = (

@@ -1,5 +1,6 @@
 // The page at /: sends the description to POST /v1/tag once, then re-marks the bars locally when the
-// threshold slider moves (every genre's probability is in the response).
+// threshold slider moves (every genre's probability is in the response). It asks for explanations of every
+// genre at or above 0.01 too: clicking a genre highlights its words, green up, red down.
 "use strict";
 
 const form = document.getElementById("tag-form");
@@ -12,8 +13,12 @@ const bars = document.getElementById("bars");
 const slider = document.getElementById("threshold");
 const sliderValue = document.getElementById("threshold-value");
 const summary = document.getElementById("summary");
+const words = document.getElementById("words");
+const EXPLAIN_AT = 0.01; // genres explained: every one at or above this
 
 let probabilities = null; // [[genre, probability], ...] highest first
+let explained = null; // {description, truncated, genres: {genre: {up, down}}}
+let selected = null;
 
 function showError(message) {
   errorBox.textContent = message;
@@ -50,9 +55,58 @@ function render() {
     value.className = "prob";
     value.textContent = p.toFixed(2);
     item.append(name, track, value);
+    item.tabIndex = 0;
+    item.setAttribute("role", "button");
+    item.setAttribute("aria-pressed", String(genre === selected));
+    item.title = `Highlight the words behind ${genre}`;
+    item.addEventListener("click", () => select(genre));
+    item.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        select(genre);
+      }
+    });
     bars.append(item);
   }
   mark();
+  highlight();
+}
+
+function select(genre) {
+  selected = genre;
+  for (const item of bars.children) {
+    item.classList.toggle("selected", item.dataset.genre === genre);
+    item.setAttribute("aria-pressed", String(item.dataset.genre === genre));
+  }
+  highlight();
+}
+
+// The description with the selected genre's words marked; offsets index the description as tagged.
+function highlight() {
+  words.replaceChildren();
+  if (!explained) return;
+  const text = explained.description;
+  const genre = selected && explained.genres[selected];
+  const marks = [];
+  if (genre) {
+    for (const w of genre.up) marks.push([w, "up"]);
+    for (const w of genre.down) marks.push([w, "down"]);
+  }
+  marks.sort((a, b) => a[0].start - b[0].start);
+  let at = 0;
+  for (const [w, kind] of marks) {
+    words.append(text.slice(at, w.start));
+    const span = document.createElement("mark");
+    span.className = kind;
+    span.dataset.score = String(w.score);
+    span.title = `${w.score > 0 ? "+" : ""}${w.score.toFixed(3)} for ${selected}`;
+    span.textContent = text.slice(w.start, w.end);
+    words.append(span);
+    at = w.end;
+  }
+  words.append(text.slice(at));
+  if (selected && !genre) words.append(` (${selected} is under ${EXPLAIN_AT}: not explained)`);
+  if (explained.truncated) words.append(" (only the words the model read are explained: the description is longer)");
 }
 
 function mark() {
@@ -85,7 +139,7 @@ async function tag() {
     const response = await fetch("/v1/tag", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ descriptions: [description] }),
+      body: JSON.stringify({ descriptions: [description], explain: true, threshold: EXPLAIN_AT }),
     });
     let body = null;
     try {
@@ -98,7 +152,12 @@ async function tag() {
       showError(`The server could not tag this (${response.status}): ${reason}`);
       return;
     }
-    probabilities = Object.entries(body.results[0].probabilities).sort((a, b) => b[1] - a[1]);
+    const first = body.results[0];
+    probabilities = Object.entries(first.probabilities).sort((a, b) => b[1] - a[1]);
+    const genres = {};
+    for (const g of first.explanations.genres) genres[g.genre] = g;
+    explained = { description: first.description, truncated: first.explanations.truncated, genres };
+    selected = null;
     result.hidden = false;
     render();
   } catch (err) {
