@@ -384,7 +384,7 @@ def test_load_tagger_names_a_missing_onnx_export(minilm_run):
 
     with pytest.raises(UserError, match="python -m genre_tagger.export"):
         load_tagger(minilm_run, backend="onnx")
-    with pytest.raises(UserError, match="backend"):
+    with pytest.raises(ValueError, match="backend"):  # misuse of the Python API
         load_tagger(minilm_run, backend="tensorflow")
 
 
