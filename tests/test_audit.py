@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import one_line_error, run_script
-from genre_tagger import UserError
-from genre_tagger import audit
+from genre_tagger import UserError, audit
 from genre_tagger import data as gdata
 
 
