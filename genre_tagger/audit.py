@@ -125,8 +125,12 @@ def recovery(quality, flipped, ks):
     return result
 
 
+SHOWN_PER_ROW = 3  # suspects listed per row and kind in the table (the summary counts them all)
+
+
 def _cells(pairs):
-    return ", ".join(f"{genre} ({p:.2f})" for genre, p in pairs)
+    shown = ", ".join(f"{genre} ({p:.2f})" for genre, p in pairs[:SHOWN_PER_ROW])
+    return shown + (f" +{len(pairs) - SHOWN_PER_ROW} more" if len(pairs) > SHOWN_PER_ROW else "")
 
 
 def audit_table(source_rows, titles, texts, Y, P, labels):
