@@ -154,11 +154,17 @@ def audit_table(source_rows, titles, texts, Y, P, labels):
     return table.iloc[order].reset_index(drop=True)
 
 
-def genre_summary(Y, P, labels, below=SUSPECT_BELOW):
-    """Per genre: rows given it, how often it is suspected missing and extra; most suspected first."""
+def genre_summary(Y, P, labels, top=None, below=SUSPECT_BELOW):
+    """Per genre: rows given it, how often it is suspected missing and extra; most suspected first.
+
+    With `top`, suspects are counted in the `top` most suspicious rows only (the ones worth a look).
+    """
     import pandas as pd
 
     confidence = self_confidence(Y, P) < below
+    if top is not None:
+        outside = np.argsort(label_quality_scores(Y, P), kind="stable")[top:]
+        confidence[outside] = False
     Y = np.asarray(Y) > 0
     summary = pd.DataFrame(
         {
@@ -231,6 +237,12 @@ def build_parser():
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --inject-noise (default: %(default)s)")
     p.add_argument("--top", type=int, default=10, help="rows of the audit to print (default: %(default)s)")
+    p.add_argument(
+        "--summary-rows",
+        type=int,
+        default=100,
+        help="the per-genre summary counts suspects in this many most suspicious rows (default: %(default)s)",
+    )
     return p
 
 
@@ -259,6 +271,8 @@ def main(argv=None):
         raise UserError(f"--folds must be between 2 and {MAX_FOLDS}, not {args.folds}")
     if not 0 <= args.inject_noise <= 0.5:
         raise UserError(f"--inject-noise must be a share of rows between 0 and 0.5, not {args.inject_noise}")
+    if args.top < 0 or args.summary_rows < 1:
+        raise UserError("--top must be 0 or more and --summary-rows 1 or more")
     if not 1 <= args.max_length <= 512:
         raise UserError(f"--max-length must be between 1 and 512 tokens, not {args.max_length}")
     output, summary_path, plot_path, noise_path = _check_outputs(args)
@@ -298,7 +312,7 @@ def main(argv=None):
     )
 
     table = audit_table(movies["source_row"], titles, movies["text"], Y, P, labels)
-    summary = genre_summary(Y, P, labels)
+    summary = genre_summary(Y, P, labels, top=args.summary_rows)
     quality = label_quality_scores(Y, P)
     write_csv(table, output)
     write_csv(summary, summary_path)
@@ -307,6 +321,7 @@ def main(argv=None):
     print(
         f"{suspect_rows} of {len(table)} rows have a suspected missing or extra genre (probability of the label as given < {SUSPECT_BELOW})"
     )
+    print(f"suspects per genre in the {min(args.summary_rows, len(Y))} most suspicious rows:")
     print(summary.head(10).to_string(index=False))
     shown = table.head(args.top)[["row", *(["title"] if titles is not None else []), "genres", "label_quality",
                                   "suspected_missing", "suspected_extra"]]  # fmt: skip

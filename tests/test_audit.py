@@ -69,6 +69,8 @@ def test_the_table_ranks_rows_names_suspects_and_is_written_spreadsheet_safe(tmp
     summary = audit.genre_summary(Y, P, labels)
     assert summary.set_index("genre").loc["Drama", "suspected_missing"] == 1
     assert summary.set_index("genre").loc["Comedy", "suspected_extra"] == 1
+    top = audit.genre_summary(Y, P, labels, top=1).set_index("genre")  # row 3 alone
+    assert top.loc["Drama", "suspected_missing"] == 1 and top["suspects"].sum() == 2
     audit.write_csv(table, tmp_path / "a.csv")
     written = pd.read_csv(tmp_path / "a.csv", dtype=str, keep_default_na=False)
     assert written.loc[written["row"] == "2", "title"].item() == "'=HYPERLINK(1)"
