@@ -329,7 +329,7 @@ def main(argv=None):
     if flips:
         flipped = np.zeros(len(Y), dtype=bool)
         flipped[[i for i, _, _ in flips]] = True
-        result = recovery(quality, flipped, sorted({len(flips), 50}))
+        result = recovery(quality, flipped, sorted({len(flips), min(50, len(Y))}))
         for kind in ("added", "removed"):
             rows = np.zeros(len(Y), dtype=bool)
             rows[[i for i, _, k in flips if k == kind]] = True
