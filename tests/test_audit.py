@@ -149,6 +149,7 @@ def test_corrections_change_only_training_rows_and_are_recorded(tmp_path):
     assert len(record["relabel"]["sha256"]) == 64
 
 
+@pytest.mark.slow  # starts train.py's data step (torch imports)
 def test_train_refuses_a_corrections_file_naming_a_missing_row_in_one_line(tmp_path):
     data = movies_csv(tmp_path)
     fix = corrections_file(tmp_path, "row\n500\n")
