@@ -73,6 +73,9 @@ distributed.setup(args.threads)  # under torchrun / accelerate launch: threads p
 if Path(args.data) == gdata.DEFAULT_DATA_PATH:
     gdata.ensure_dataset(args.data)
 movies, cleaning = gdata.load_labelled_csv(args.data, args.text_column, args.label_column)
+# Row corrections (the label audit's format) are checked here and applied to the training rows after the split.
+exclude = gdata.read_corrections(args.exclude_rows, movies, "--exclude-rows") if args.exclude_rows else None
+relabel = gdata.read_corrections(args.relabel, movies, "--relabel", with_genres=True) if args.relabel else None
 test_movies = None
 if args.test_data:
     test_movies, _ = gdata.load_labelled_csv(args.test_data, args.text_column, args.label_column, "--test-data")
@@ -131,6 +134,9 @@ else:
     train_idx, val_idx = rest_idx[inner_train], rest_idx[inner_val]
     test_texts = movies["text"].iloc[test_idx].tolist()
 
+if exclude or relabel:  # the split above is the uncorrected run's: only training rows change
+    movies, train_idx, cleaning["corrections"] = gdata.apply_corrections(movies, train_idx, exclude, relabel)
+    print(f"corrections: {cleaning['corrections']}")
 binarizer = gdata.fit_binarizer(movies["labels"].iloc[train_idx])
 labels = list(binarizer.classes_)
 dropped = sorted({g for row in movies["labels"] for g in row} - set(labels))

@@ -303,3 +303,78 @@ def read_split(source):
         if column in frame.columns:
             frame[column] = frame[column].map(from_spreadsheet_safe)
     return frame
+
+
+def read_corrections(path, movies, what, with_genres=False):
+    """A CSV of row corrections (the label audit's format), checked against the loaded rows.
+
+    It needs a `row` column (the row number in the --data CSV, header = row 1) and, with `with_genres`,
+    a `genres` column of corrected comma-separated genres, each one the data already has. A row that is not
+    a usable row of the data, a row named twice, or an unknown genre is an error naming it.
+    Returns {"file", "sha256", "rows": {row number: [genres] or None}}.
+    """
+    from genre_tagger.common import from_spreadsheet_safe
+
+    frame = read_csv(path, what)
+    needed = ["row", "genres"] if with_genres else ["row"]
+    missing = [column for column in needed if column not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{what} {path} has no column {missing[0]!r} (columns: {', '.join(frame.columns) or 'none'}); "
+            f"it needs {' and '.join(repr(c) for c in needed)}, as the label audit writes them"
+        )
+    known_rows = set(movies["source_row"].tolist())
+    known_genres = {label for row in movies["labels"] for label in row}
+    rows = {}
+    for index, (number, cell) in enumerate(zip(frame.attrs["source_rows"], frame["row"])):
+        value = from_spreadsheet_safe(cell).strip()
+        if not value.isdigit():
+            raise UserError(f"{what} {path}: row {number} has row {printable(value)!r}, not a row number")
+        row = int(value)
+        if row not in known_rows:
+            raise UserError(
+                f"{what} {path}: row {number} names row {row}, which is not a usable row of the data "
+                "(absent, or dropped as a duplicate); check that the file was written for this CSV"
+            )
+        if row in rows:
+            raise UserError(f"{what} {path}: row {number} names row {row} a second time; keep one")
+        genres = None
+        if with_genres:
+            genres = split_labels(from_spreadsheet_safe(frame["genres"].iloc[index]))
+            unknown = [genre for genre in genres if genre not in known_genres]
+            if not genres or unknown:
+                raise UserError(
+                    f"{what} {path}: row {number} gives "
+                    + (f"genres the data does not have: {printable(', '.join(unknown))}" if unknown else "no genres")
+                    + f"; use genres of the data ({', '.join(sorted(known_genres))})"
+                )
+        rows[row] = genres
+    return {"file": str(path), "sha256": sha256_of(path), "rows": rows}
+
+
+def apply_corrections(movies, train_idx, exclude=None, relabel=None):
+    """Drop `exclude`'s rows from the training rows and give `relabel`'s training rows their corrected genres.
+
+    Only training rows change: validation and test rows keep their labels, so that runs with and without
+    corrections are scored on the same rows and labels. Returns (movies, train_idx, record for train_config.json).
+    """
+    position = {row: i for i, row in enumerate(movies["source_row"].tolist())}
+    training = set(np.asarray(train_idx).tolist())
+    record = {}
+    movies = movies.copy()
+    for name, corrections in (("exclude_rows", exclude), ("relabel", relabel)):
+        if corrections is None:
+            continue
+        hits = [position[row] for row in corrections["rows"] if row in position and position[row] in training]
+        if name == "exclude_rows":
+            train_idx = np.array([i for i in train_idx if i not in set(hits)], dtype=np.asarray(train_idx).dtype)
+        else:
+            by_position = {position[row]: genres for row, genres in corrections["rows"].items() if row in position}
+            movies["labels"] = [by_position[i] if i in hits else labels for i, labels in enumerate(movies["labels"])]
+        record[name] = {
+            "file": corrections["file"],
+            "sha256": corrections["sha256"],
+            "rows_named": len(corrections["rows"]),
+            "applied_to_training_rows": len(hits),
+        }
+    return movies, train_idx, record

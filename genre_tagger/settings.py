@@ -116,6 +116,20 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         "--limit", type=int, default=0, help="use only the first N rows of --data, for quick trials (default: all)"
     )
     p.add_argument(
+        "--exclude-rows",
+        metavar="FILE",
+        default=None,
+        help="CSV with a 'row' column (row numbers in --data, header = row 1, as `python -m genre_tagger.audit` "
+        "writes them): those rows are left out of the training rows; validation and test rows never change",
+    )
+    p.add_argument(
+        "--relabel",
+        metavar="FILE",
+        default=None,
+        help="CSV with 'row' and 'genres' columns (comma-separated corrected genres): those training rows get "
+        "the corrected genres; validation and test rows keep theirs. Both files are recorded in train_config.json",
+    )
+    p.add_argument(
         "--model",
         default=DEFAULT_BASE_MODEL,
         help=f"base model: hub id, local folder, '{OFFLINE_MODEL_ALIAS}' for the packaged all-MiniLM-L6-v2, or 'mpnet' for all-mpnet-base-v2 from requirements-mpnet.txt (default: %(default)s, falls back to {OFFLINE_MODEL_ALIAS} when offline)",
