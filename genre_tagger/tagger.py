@@ -118,7 +118,11 @@ def open_tagger(run, backend="auto", variant=None, threads=0, spinning=True):
 
 
 def _checked_texts(texts):
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    if isinstance(texts, str):
+        texts = [texts]
+    elif isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise ValueError(f"texts must be a str or a list of str, not {type(texts).__name__}")
+    texts = list(texts)
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"text {i} is a {type(text).__name__}, not a str")

@@ -149,3 +149,6 @@ def test_tagger_misuse_is_a_value_error_never_a_quiet_answer():
     for texts in ([""], ["  "], [None], [3]):
         with pytest.raises(ValueError, match="text 0"):
             tagger.probabilities(texts)
+    for texts in (None, 3, b"bytes", {"a": 1}):
+        with pytest.raises(ValueError, match="texts must be"):
+            tagger.probabilities(texts)
