@@ -2,7 +2,8 @@
 
 - a problem the user can fix (UserError, an unreadable or unwritable file, text that is not UTF-8,
   too little memory) -> one line `error: ...` on stderr, exit 2;
-- Ctrl-C -> one line, exit 130 (what the command was writing is left as its own clean-up says);
+- Ctrl-C -> one line, exit 130 (what the command was writing is left as its own clean-up says); SIGTERM
+  and SIGHUP unwind the same way (clean-ups run), exit 128 + the signal's number;
 - a closed pipe (`predict.py ... | head`) -> a quiet exit;
 - anything else -> one line naming the error, exit 1; `GENRE_TAGGER_DEBUG=1` or `--debug` shows the traceback.
 
@@ -12,7 +13,9 @@ Arguments that are not valid UTF-8 are refused before the command parses them.
 import argparse
 import os
 import runpy
+import signal
 import sys
+import threading
 
 from genre_tagger import UserError
 from genre_tagger.common import first_line, printable
@@ -51,8 +54,33 @@ def _check_argv(argv):
             ) from None
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a scheduler, `timeout`, a closed terminal): unwinds like Ctrl-C, so clean-ups run."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def _stop_on_signals():
+    """SIGTERM and SIGHUP end the command as Ctrl-C does (unless something installed its own handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _stop)
+
+
 def _report(error, interrupted_note):
     """Print the one line for `error` and return the exit code."""
+    if isinstance(error, Stopped):
+        name = signal.Signals(error.signum).name
+        print(f"\nstopped by {name}; {interrupted_note}", file=sys.stderr, flush=True)
+        return 128 + error.signum
     if isinstance(error, KeyboardInterrupt):
         # On a line of its own: Ctrl-C often lands in the middle of a progress bar's line.
         print(f"\ninterrupted; {interrupted_note}", file=sys.stderr, flush=True)
@@ -84,6 +112,7 @@ def run_main(main, argv=None, interrupted_note="nothing partial was kept"):
         argv.remove(DEBUG_FLAG)
         os.environ["GENRE_TAGGER_DEBUG"] = "1"
     try:
+        _stop_on_signals()
         _check_argv(argv)
         code = main(argv)
     except SystemExit:
@@ -91,7 +120,7 @@ def run_main(main, argv=None, interrupted_note="nothing partial was kept"):
     except BrokenPipeError:
         _quiet_broken_pipe()
     except BaseException as error:  # noqa: BLE001 - the shell is where every error ends
-        if debugging() and not isinstance(error, (UserError, KeyboardInterrupt)):
+        if debugging() and not isinstance(error, (UserError, KeyboardInterrupt, Stopped)):
             raise
         sys.exit(_report(error, interrupted_note))
     sys.exit(code or 0)

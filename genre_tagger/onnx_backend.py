@@ -25,6 +25,12 @@ def load_tokenizer(source, max_length, origin):
         raise UserError(f"{origin}: tokenizer.json is damaged ({type(err).__name__}); re-create the run") from None
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)
+    try:  # a tokenizer.json that loads can still be unable to tokenize (an empty vocabulary, no [UNK] token)
+        tokenizer.encode("A detective hunts a killer in the rain.")
+    except Exception as err:  # the tokenizers library raises a bare Exception
+        raise UserError(
+            f"{origin}: tokenizer.json cannot tokenize text ({first_line(err, 120)}); re-create the run"
+        ) from None
     return tokenizer
 
 
@@ -95,7 +101,10 @@ class OnnxTagger:
 
     def probabilities(self, texts, batch_size=32):
         """Shape (len(texts), genres), in the order of `texts`; batches rows of similar length together."""
-        encodings = self.tokenizer.encode_batch(list(texts))
+        try:
+            encodings = self.tokenizer.encode_batch(list(texts))
+        except Exception as err:  # the tokenizers library raises a bare Exception (or TypeError for odd text)
+            raise UserError(f"{self.origin}: the tokenizer failed ({first_line(err, 120)}); check the text") from None
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")
         outputs = np.zeros((len(encodings), len(self.labels)), dtype=np.float32)

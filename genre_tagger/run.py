@@ -220,7 +220,7 @@ def safe_extract(zip_path, target, kept=None):
 def _parse_json(data, name, origin):
     try:
         payload = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise UserError(_recreate(origin).format(f"{name} is damaged ({type(err).__name__})")) from None
     if not isinstance(payload, dict):
         raise UserError(_recreate(origin).format(f"{name} is not a JSON object"))
@@ -229,7 +229,13 @@ def _parse_json(data, name, origin):
 
 def parse_manifest(data, origin):
     """{name: {"sha256", "bytes"}} from manifest.json's bytes, checked: well formed, no path leaves the run."""
-    files = _parse_json(data, MANIFEST, origin).get("files")
+    manifest = _parse_json(data, MANIFEST, origin)
+    if manifest.get("format", 1) != 1:
+        raise UserError(
+            f"{origin}: {MANIFEST} is of a format this genre-tagger does not know ({printable(manifest.get('format'))}); "
+            "update genre-tagger or re-create the run"
+        )
+    files = manifest.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(v, dict)
         and isinstance(v.get("sha256"), str)

@@ -314,6 +314,13 @@ def _overlap(a, b):
 def paths_problem(args):
     """Why --output, its zip, the checkpoint folders and the input files would overlap, or None."""
     output = Path(args.output).resolve()
+    for folder in output.parents:
+        if (folder / MANIFEST).is_file() or (
+            (folder / "config.json").is_file() and (folder / "train_config.json").is_file()
+        ):
+            return f"--output {args.output} is inside the run {folder}; write the new run beside it, not in it"
+    if args.test_data and Path(args.test_data).resolve() == Path(args.data).resolve():
+        return "--test-data is the --data file: the model would be tested on rows it trained on; give a separate file"
     named = [("--output", output), ("--output's zip", zip_path_of(output))]
     named += [("--checkpoint-dir", folder.resolve()) for folder in checkpoint_folders(args)]
     inputs = [("--data", Path(args.data).resolve())]

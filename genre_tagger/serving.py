@@ -593,7 +593,7 @@ def _validation_message(errors):
         elif error.get("type") == "missing" and not where:
             parts.append('body is missing; send a JSON object like {"descriptions": ["A detective ..."]}')
         elif error.get("type") == "extra_forbidden":
-            parts.append(f"unknown field {where!r}; the fields are descriptions, threshold, top_k")
+            parts.append(f"unknown field {where!r}; the fields are descriptions, threshold, top_k, explain")
         elif error.get("type") == "model_attributes_type":
             parts.append('body must be a JSON object like {"descriptions": ["A detective ..."]}')
         elif error.get("type") == "too_short" and where == "descriptions":

@@ -15,6 +15,7 @@ predict.py and serve.py use `open_tagger` from here. An ensemble run (`python -m
 opens as an `EnsembleTagger`: each member on its own ONNX export, their probabilities averaged.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,10 @@ class TorchTagger:
     def probabilities(self, texts, batch_size=32):
         from genre_tagger.modeling import predict_probabilities
 
-        return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
+        try:
+            return predict_probabilities(self.model, self.tokenizer, texts, self.max_length, batch_size)
+        except (RuntimeError, IndexError, ValueError) as err:  # e.g. a token limit past the model's positions
+            raise UserError(f"the PyTorch model failed to run ({first_line(err, 160)}); re-create the run") from None
 
 
 class EnsembleTagger:
@@ -123,6 +127,9 @@ def _checked_texts(texts):
     elif isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
         raise ValueError(f"texts must be a str or a list of str, not {type(texts).__name__}")
     texts = list(texts)
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and ("\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)):
+            raise ValueError(f"text {i} holds a NUL character or a lone surrogate; give valid Unicode text")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"text {i} is a {type(text).__name__}, not a str")
@@ -195,6 +202,8 @@ def load_tagger(path=DEFAULT_RUN, backend="auto", variant=None, threads=0):
     file, "int8" or "fp32" (default: the one train.py chose). threads: CPU threads (0 = all cores).
     A zip is extracted to a temporary folder that is gone once the model is loaded.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a run folder or .zip (a str or Path), not {type(path).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {backend!r}")
     if variant not in (None, "int8", "fp32"):

@@ -28,9 +28,12 @@ def main(argv):
     if what == "bug":
         raise KeyError("surprise")
     if what == "sleep":
-        print("ready", flush=True)
-        import time
-        time.sleep(30)
+        try:
+            print("ready", flush=True)
+            import time
+            time.sleep(30)
+        finally:
+            print("cleaned up", flush=True)
     if what == "pipe":
         for _ in range(100000):
             print("a line of output")
@@ -80,9 +83,23 @@ def test_ctrl_c_is_one_line_exit_130():
     assert process.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 130
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130 and "cleaned up" in stdout
     assert stderr.strip().splitlines() == ["interrupted; nothing partial was kept"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_unwind_like_ctrl_c(signum):
+    """`timeout`, a scheduler or a closed terminal: clean-ups run (no partial file is left), one line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SHELL, "sleep"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum and "cleaned up" in stdout
+    assert stderr.strip().splitlines() == [f"stopped by {signal.Signals(signum).name}; nothing partial was kept"]
 
 
 def test_a_closed_pipe_is_a_quiet_exit():

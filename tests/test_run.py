@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,25 @@ def test_tagger_misuse_is_a_value_error_never_a_quiet_answer():
     for texts in (None, 3, b"bytes", {"a": 1}):
         with pytest.raises(ValueError, match="texts must be"):
             tagger.probabilities(texts)
+
+
+def test_deeply_nested_json_and_an_unknown_manifest_format_are_one_line(tmp_path):
+    folder = make_run(tmp_path / "run")
+    manifest = folder / "manifest.json"
+    good = manifest.read_bytes()
+    manifest.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="manifest.json is damaged"):
+        Run.open(folder)
+    manifest.write_bytes(good.replace(b'"format": 1', b'"format": 2'))
+    with pytest.raises(UserError, match="format this genre-tagger does not know"):
+        Run.open(folder)
+
+
+def test_a_tokenizer_that_cannot_tokenize_is_refused_when_loaded():
+    from genre_tagger.modeling import packaged_model_path
+    from genre_tagger.onnx_backend import load_tokenizer
+
+    saved = json.loads((Path(packaged_model_path()) / "tokenizer.json").read_text())
+    saved["model"]["vocab"] = {}
+    with pytest.raises(UserError, match="cannot tokenize"):
+        load_tokenizer(json.dumps(saved).encode(), 16, "run")

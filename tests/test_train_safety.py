@@ -209,3 +209,18 @@ def test_crossval_takes_train_py_flags_and_needs_folds(tmp_path):
         "-m", "genre_tagger.crossval", "--folds", "2", "--output", tmp_path / "in", "--data", tmp_path / "in" / "m.csv"
     )
     one_line_error(result, "one holds the other")
+
+
+def test_train_refuses_an_output_inside_a_run_and_test_data_equal_to_data(tmp_path):
+    from conftest import one_line_error, run_script
+
+    run = tmp_path / "models" / "run"
+    fake_run(run)
+    data = tmp_path / "movies.csv"
+    data.write_text("Title,Genre,Description\nA,Drama,A plot\n")
+    one_line_error(run_script("train.py", "--data", data, "--output", run / "sub"), "is inside the run")
+    assert not (run / "sub").exists()
+    one_line_error(
+        run_script("train.py", "--data", data, "--test-data", data, "--output", tmp_path / "out"),
+        "--test-data is the --data file",
+    )
