@@ -115,7 +115,7 @@ def tag_file(tagger, args, labels, thresholds):
         progress = tqdm(unit=" rows", file=sys.stderr, mininterval=1.0, leave=False)
     writer = ResultWriter(args.output, labels, args.threshold, args.json, args.explain)
     truth, predicted, unknown, known = [], [], set(), set(labels)
-    limit = description_limit(getattr(tagger, "max_length", None))
+    limit = description_limit(tagger.max_length)
     try:
         for chunk in iter_input_chunks(args.input, args.text_column, args.label_column, args.input_format, limit):
             texts = [text for _, text, _ in chunk]

@@ -37,15 +37,7 @@ def without(text, start, end):
 
 def _tokenizers(tagger):
     """The `tokenizers.Tokenizer`s (truncating at the model's limit) the tagger reads with; [] if unknown."""
-    tagger = getattr(tagger, "_backend", tagger)
-    members = getattr(tagger, "members", None)
-    if members:
-        return [t for m in members for t in _tokenizers(m)]
-    for name in ("tokenizer", "check_tokenizer"):
-        tokenizer = getattr(tagger, name, None)
-        if tokenizer is not None and hasattr(tokenizer, "encode") and hasattr(tokenizer, "truncation"):
-            return [tokenizer]
-    return []
+    return list(getattr(tagger, "tokenizers", []))
 
 
 def seen_part(tagger, text):

@@ -21,8 +21,9 @@ from transformers import (
 
 from genre_tagger import UserError
 from genre_tagger.base_models import MPNET_ALIAS, MPNET_NAME, mpnet_model_path
+from genre_tagger.common import first_line
 from genre_tagger.hf_classifier import MODEL_TYPE, GenreTaggerConfig, GenreTaggerForSequenceClassification
-from genre_tagger.settings import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS  # noqa: E402
+from genre_tagger.settings import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS
 
 
 def packaged_model_path():
@@ -46,10 +47,9 @@ def resolve_base_model(name):
         AutoConfig.from_pretrained(name)
         AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if name != DEFAULT_BASE_MODEL:
             raise UserError(
-                f"cannot load base model {name!r} ({first_line}); pass a hub id, a local folder, "
+                f"cannot load base model {name!r} ({first_line(err)}); pass a hub id, a local folder, "
                 f"--model {OFFLINE_MODEL_ALIAS} for the packaged offline model, or --model {MPNET_ALIAS} (see requirements-mpnet.txt)"
             ) from None
         note = (

@@ -88,6 +88,7 @@ class OnnxTagger:
                 "genres); re-create the run with train.py"
             )
         self.tokenizer = tokenizer
+        self.tokenizers = [tokenizer]  # what the model reads with (explain.py asks every backend for them)
         self.max_length = tokenizer.truncation["max_length"]
 
     @classmethod

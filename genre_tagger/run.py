@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from genre_tagger import UserError
-from genre_tagger.common import first_line, printable
+from genre_tagger.common import first_line, printable, sha256_of
 
 DEFAULT_RUN = Path("models/genre-classifier")
 MANIFEST = "manifest.json"
@@ -345,8 +345,6 @@ class _Files:
             return self.listed[name]["sha256"]
         if name in self.cache:
             return hashlib.sha256(self.cache[name]).hexdigest()
-        from genre_tagger.common import sha256_of
-
         return sha256_of(self.root / name)
 
     def within(self, prefix, origin):

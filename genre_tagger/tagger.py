@@ -45,6 +45,7 @@ class TorchTagger:
         run.verified_path("model.safetensors")
         self.max_length = run.max_length
         self.check_tokenizer = run_tokenizer(run)
+        self.tokenizers = [self.check_tokenizer]
         try:
             self.model, self.tokenizer = load_classifier(run.folder, run.config)
         except Exception as err:  # safetensors, torch and transformers each raise their own types for a damaged file
@@ -85,6 +86,7 @@ class EnsembleTagger:
         weights = np.array([weight for _, weight in run.members])
         self.weights = weights / weights.sum()
         self.variant = "+".join(m.variant for m in self.members)
+        self.tokenizers = [m.tokenizer for m in self.members]
         self.max_length = run.max_length
 
     def unknown_token_shares(self, texts):
@@ -148,6 +150,11 @@ class Tagger:
         self.saved_thresholds = run.thresholds
         self.max_length = run.max_length
         self.source = source
+
+    @property
+    def tokenizers(self):
+        """The tokenizers the model reads with (explain.py finds what a long text's model saw)."""
+        return getattr(self._backend, "tokenizers", [])
 
     def __repr__(self):
         return f"Tagger({str(self.source)!r}, backend={self.backend!r}, {len(self.labels)} genres)"

@@ -19,8 +19,7 @@ class FakeTagger:
 
     def __init__(self, tokenizer=None):
         self.calls = []
-        if tokenizer is not None:
-            self.tokenizer = tokenizer
+        self.tokenizers = [tokenizer] if tokenizer is not None else []
 
     def probabilities(self, texts, batch_size=32):
         self.calls.append(len(texts))

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT, free_port, run_script
 from genre_tagger.common import sha256_of
 from genre_tagger.run import Run
 
@@ -34,12 +34,6 @@ DESCRIPTIONS = [
 def trained(trained):
     """The shared tiny trained run (conftest), as the folder serve.py loads."""
     return trained["output"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
