@@ -450,7 +450,9 @@ def start_checkpoints(folder, args, labels, base_model, world_size, write=True):
     if args.resume:
         try:
             before = json.loads((folder / RESUME_RECORD).read_text())
-        except (OSError, ValueError):
+            if not isinstance(before, dict):
+                raise ValueError(RESUME_RECORD)
+        except (OSError, ValueError, RecursionError):
             raise UserError(
                 f"--resume: {folder} has no readable record of what the interrupted run trained on "
                 f"({RESUME_RECORD}); delete that folder to start over"

@@ -224,3 +224,19 @@ def test_train_refuses_an_output_inside_a_run_and_test_data_equal_to_data(tmp_pa
         run_script("train.py", "--data", data, "--test-data", data, "--output", tmp_path / "out"),
         "--test-data is the --data file",
     )
+
+
+@pytest.mark.parametrize("record", ["[1, 2]", "not json", "[" * 100_000 + "]" * 100_000], ids=["list", "text", "deep"])
+def test_resume_refuses_a_damaged_record_in_one_line(tmp_path, record):
+    import argparse
+
+    from genre_tagger import UserError, save
+
+    data = tmp_path / "movies.csv"
+    data.write_text("Title,Genre,Description\nA,Drama,A plot\n")
+    (tmp_path / "checkpoints").mkdir()
+    folder = save.mark_own(tmp_path / "checkpoints")
+    (folder / save.RESUME_RECORD).write_text(record)
+    args = argparse.Namespace(resume=True, data=str(data), test_data=None, lr=1e-3)
+    with pytest.raises(UserError, match="no readable record"):
+        save.start_checkpoints(folder, args, ["Drama"], "base", 1)
