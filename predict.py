@@ -39,14 +39,15 @@ def build_parser():
     )
     p.add_argument(
         "--threshold",
-        default="0.3",
-        help="probability at which a genre is tagged: a number, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global' (default: %(default)s)",
+        default="default",
+        help="'default' (the run's decisions: 0.3 uncalibrated, per genre calibrated), a calibrated probability, "
+        "'tuned' (per genre, for train.py's --threshold-goal) or 'tuned-global' (default: %(default)s)",
     )
     p.add_argument(
-        "--top-k",
-        type=int,
-        default=None,
-        help="show at most K genres per description (default: all above the threshold)",
+        "--max-genres", "--top-k", dest="max_genres", type=int, help="tag at most N genres, most probable first"
+    )
+    p.add_argument(
+        "--min-genres", type=int, default=0, help="tag at least N genres, adding the most probable below the threshold"
     )
     p.add_argument(
         "--json",
@@ -124,7 +125,7 @@ def tag_file(tagger, args, labels, thresholds):
             writer.write(
                 texts,
                 probabilities,
-                decode(probabilities, labels, thresholds, args.top_k),
+                decode(probabilities, labels, thresholds, args.max_genres, args.min_genres),
                 explained(tagger, args, texts, thresholds, probabilities, labels),
             )
             if chunk[0][2] is not None:
@@ -178,7 +179,7 @@ def main(argv=None):
         return
     probabilities = tagger.probabilities(descriptions, args.batch_size)
     warn_unknown(tagger, descriptions, [f"description {i}" for i in range(1, len(descriptions) + 1)])
-    decoded = decode(probabilities, labels, thresholds, args.top_k)
+    decoded = decode(probabilities, labels, thresholds, args.max_genres, args.min_genres)
     explanations = explained(tagger, args, descriptions, thresholds, probabilities, labels)
     if args.json or len(descriptions) > 1:
         writer = ResultWriter(None, labels, args.threshold, args.json, args.explain)

@@ -8,7 +8,8 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - settings: every flag of train.py (its parser) and the range checks of train.py's, predict.py's, serve.py's
 - data: download, clean and validate the CSV, encode labels, split (pandas, scikit-learn)
 - textio: predict.py's reading (bounded, CSV / JSON lines / text / stdin) and writing (CSV / JSONL)
-- metrics: metrics, threshold tuning and decoding (numpy, scikit-learn)
+- metrics: metrics, threshold tuning (F1 and precision / recall goals) and decoding (numpy, scikit-learn)
+- calibration: calibration fitted on held-out rows and folded into the model; ECE, Brier, log loss (numpy, scipy)
 - modeling: the torch Dataset, the classifier, the Trainer glue and ONNX export (torch, transformers)
 - training: train.py's model step: fine-tune (or fit a head on a frozen encoder) from the parsed settings
 - crossval: K-fold cross-validation (`python -m genre_tagger.crossval`, or `train.py --folds K`)

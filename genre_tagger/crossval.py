@@ -2,7 +2,10 @@
 
 `python train.py --folds K` calls cross_validate after its data and model steps;
 `python -m genre_tagger.crossval --folds K` (train.py's flags) runs the same on its own. Each fold is
-tested once; validation is carved from the other folds. Nothing is saved but `<output>-cv<K>.json`.
+tested once; validation is carved from the other folds. Each fold's model is calibrated on its own
+validation rows (`--calibrate`), never on the rows it is tested on, and scored at train.py's default
+decisions; the calibration figures are given per fold and for the out-of-fold probabilities of every
+row pooled. Nothing is saved but `<output>-cv<K>.json`.
 """
 
 import sys
@@ -18,15 +21,18 @@ from genre_tagger.common import write_json
 from genre_tagger.settings import build_train_parser, train_settings_problem
 
 SUMMARY_KEYS = ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")
+CALIBRATION_KEYS = ("micro_ece", "macro_ece", "brier", "log_loss")
 
 
 def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
     """Train and test one model per fold, print mean ± std per metric and write `<output>-cv<K>.json`."""
-    from genre_tagger.modeling import predict_probabilities
+    from genre_tagger import calibration as gcal
+    from genre_tagger.modeling import positive_weights, predict_logits
     from genre_tagger.training import train_model
 
     output = Path(args.output)
     fold_results = []
+    out_of_fold = {"before": np.zeros(Y.shape), "after": np.zeros(Y.shape), "rows": []}
     for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
         inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.split_seed)
         tr, va = rest[inner_train], rest[inner_val]
@@ -42,10 +48,19 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
         if not distributed.is_main_process():
             continue  # under torchrun the main process alone tests each fold and writes
         test_fold = [texts[i] for i in held_out]
+        offsets = np.log(positive_weights(Y[tr], args.pos_weight).astype(np.float64))
+        raw_val = predict_logits(model, tokenizer, [texts[i] for i in va], args.max_length)
+        raw_test = predict_logits(model, tokenizer, test_fold, args.max_length)
+        calibration = gcal.fit(raw_val, Y[va], args.calibrate, offsets=offsets)
+        before, after = gcal.sigmoid(raw_test), gcal.sigmoid(gcal.apply(raw_test, calibration))
+        out_of_fold["before"][held_out], out_of_fold["after"][held_out] = before, after
+        out_of_fold["rows"].extend(held_out)
         result = {
-            "model": gmetrics.multilabel_metrics(
-                Y[held_out], predict_probabilities(model, tokenizer, test_fold, args.max_length), args.threshold
-            )
+            "model": gmetrics.multilabel_metrics(Y[held_out], after, gcal.map_threshold(args.threshold, calibration)),
+            "calibration": {
+                stage: {k: gcal.calibration_report(Y[held_out], P, labels)[k] for k in CALIBRATION_KEYS}
+                for stage, P in (("before", before), ("after", after))
+            },
         }
         baseline_fold = fit_baseline([texts[i] for i in tr], Y[tr], args.seed)
         result["baseline"] = gmetrics.multilabel_metrics(
@@ -64,6 +79,18 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
             for key in SUMMARY_KEYS
         }
         print(who.ljust(9), "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[who].items()))
+    rows = np.array(out_of_fold["rows"])
+    summary["calibration_out_of_fold"] = {
+        stage: {k: gcal.calibration_report(Y[rows], out_of_fold[stage][rows], labels)[k] for k in CALIBRATION_KEYS}
+        for stage in ("before", "after")
+    }
+    print(
+        f"calibration ({args.calibrate}), every row's out-of-fold probabilities, before -> after: "
+        + "  ".join(
+            f"{k} {summary['calibration_out_of_fold']['before'][k]:.4f} -> {summary['calibration_out_of_fold']['after'][k]:.4f}"
+            for k in CALIBRATION_KEYS
+        )
+    )
     cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
     cv_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(

@@ -6,9 +6,11 @@ The members must tag the same genres in the same order and must have been traine
 split (identical split.csv rows): a member that trained on another member's test rows would make the
 ensemble's test score dishonest. The new run folder holds, for each member, only what predicting
 needs (members/<i>/: config.json, tokenizer.json, thresholds.json, train_config.json, onnx.json and the
-member's default ONNX model, with their own manifest.json), ensemble.json (members and weights), the
-labels (config.json), thresholds.json (default 0.3; the tuned ones come from the members' shared
-validation rows, never the test rows), metrics.json (the shared test rows, scored from the averaged
+member's default ONNX model, with their own manifest.json), ensemble.json (members, weights and the
+calibration of the averaged probabilities), the labels (config.json), thresholds.json (the default
+decisions, 0.3 on the averaged uncalibrated probabilities kept per genre on the calibrated scale, and the
+tuned ones; calibration and thresholds come from the members' shared validation rows, never the test
+rows), metrics.json (the shared test rows, scored from the averaged
 probabilities predict.py computes), the shared split.csv, manifest.json, and a zip beside it.
 predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto classes refuse it.
 """
@@ -23,11 +25,21 @@ from pathlib import Path
 import numpy as np
 
 from genre_tagger import UserError
+from genre_tagger import calibration as gcal
+from genre_tagger.calibration import DEFAULT_METHOD, METHODS
 from genre_tagger.cli import ArgumentParser, run_main
-from genre_tagger.common import write_json
+from genre_tagger.common import note, write_json
 from genre_tagger.data import read_split
-from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, per_label_report, tune_thresholds
-from genre_tagger.run import ENSEMBLE_FILE, ENSEMBLE_MODEL_TYPE, ZIP_LEFT_OUT, Run, is_probability, zip_path_of
+from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, parse_goals, per_label_report, tune_thresholds
+from genre_tagger.run import (
+    CALIBRATION_FILE,
+    ENSEMBLE_FILE,
+    ENSEMBLE_MODEL_TYPE,
+    ZIP_LEFT_OUT,
+    Run,
+    is_probability,
+    zip_path_of,
+)
 from genre_tagger.save import (
     publish_folder,
     remove_own,
@@ -38,7 +50,7 @@ from genre_tagger.save import (
     zip_replace_problem,
 )
 
-MEMBER_FILES = ("config.json", "tokenizer.json", "thresholds.json", "train_config.json")
+MEMBER_FILES = ("config.json", "tokenizer.json", "thresholds.json", "train_config.json", CALIBRATION_FILE)
 SPLIT_COLUMNS = ["split", "labels", "text"]
 
 
@@ -61,7 +73,22 @@ def build_parser():
         "--threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
-        help="default probability at which a genre is tagged, 0-1 exclusive (default: %(default)s)",
+        help="default decision point on the averaged uncalibrated probabilities, 0-1 exclusive; kept per genre on "
+        "the calibrated scale in thresholds.json (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help="calibration of the averaged probabilities, fitted on the members' shared validation rows "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--threshold-goal",
+        nargs="+",
+        default=["f1"],
+        metavar="GOAL",
+        help="what the per-genre tuned thresholds aim for, as train.py's --threshold-goal (default: f1)",
     )
     return p
 
@@ -75,6 +102,10 @@ def settings_problem(args):
         return "--weights must be positive numbers (up to 1e6)"
     if not is_probability(args.threshold):
         return f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}"
+    try:
+        parse_goals(args.threshold_goal)
+    except ValueError as err:
+        return f"--threshold-goal: {err}"
     output = Path(args.output)
     if output.name in ("", ".", ".."):
         return f"--output must name a run folder, not {args.output!r}"
@@ -146,7 +177,8 @@ def copy_member(run, target):
     source = run.verified_path(model_file)
     target.mkdir(parents=True)
     for name in MEMBER_FILES:
-        (target / name).write_bytes(run.read(name))
+        if run.has(name):  # a run saved before calibration has no calibration.json
+            (target / name).write_bytes(run.read(name))
     shutil.copyfile(source, target / model_file)
     kept = {key: value for key, value in run.onnx.items() if key not in ("files", ZIP_LEFT_OUT)}
     write_json(target / "onnx.json", {**kept, "files": {variant: model_file}})
@@ -199,7 +231,13 @@ def main(argv=None):
         )
         # Placeholder thresholds so the staged folder opens; the tuned ones are added below.
         write_json(staged / "thresholds.json", {"default": args.threshold})
-        settings = {"threshold": args.threshold, "weights": weights, "runs": [str(r) for r in args.runs]}
+        settings = {
+            "threshold": args.threshold,
+            "calibrate": args.calibrate,
+            "threshold_goal": args.threshold_goal,
+            "weights": weights,
+            "runs": [str(r) for r in args.runs],
+        }
         train_config = {
             "settings": settings,
             "base_model": "ensemble: " + " + ".join(str(m["base_model"]) for m in members),
@@ -218,22 +256,43 @@ def main(argv=None):
         if validation.empty or test.empty:
             raise UserError(f"{args.runs[0]}: split.csv has no validation or no test rows to score the ensemble on")
         Y_val, Y_test = truth_of(validation, labels), truth_of(test, labels)
-        P_val, P_test = tagger.probabilities(validation["text"].tolist()), tagger.probabilities(test["text"].tolist())
-        tuned = tune_thresholds(Y_val, P_val, labels)
+        raw_val = tagger.uncalibrated_probabilities(validation["text"].tolist())
+        raw_test = tagger.uncalibrated_probabilities(test["text"].tolist())
+        offsets = sum(
+            weight * np.log([run.train_config.get("pos_weight", {}).get(g, 1.0) for g in labels])
+            for run, weight in zip(opened, weights)
+        )
+        calibration = gcal.fit(gcal.logits_of(raw_val), Y_val, args.calibrate, offsets=offsets)
+        P_val, P_test = (gcal.apply_to_probabilities(raw, calibration) for raw in (raw_val, raw_test))
+        default_thresholds = gcal.map_threshold(args.threshold, calibration)
+        tuned = tune_thresholds(Y_val, P_val, labels, goals=parse_goals(args.threshold_goal))
+        if unreached := [g for g, record in tuned["goals"].items() if not record["reached"]]:
+            note(
+                f"on the {len(validation)} validation rows no threshold reaches the goal of {', '.join(unreached)}; "
+                "with --threshold tuned a precision goal's genre is not tagged (thresholds.json records what was reached)"
+            )
         member_test = [
             multilabel_metrics(Y_test, member.probabilities(test["text"].tolist()), args.threshold)
             for member in tagger.members
         ]
         evaluation = {
-            "validation": multilabel_metrics(Y_val, P_val, args.threshold),
-            "test": multilabel_metrics(Y_test, P_test, args.threshold),
+            "validation": multilabel_metrics(Y_val, P_val, default_thresholds),
+            "test": multilabel_metrics(Y_test, P_test, default_thresholds),
             "test_tuned_global": multilabel_metrics(Y_test, P_test, tuned["global"]),
             "test_tuned_per_genre": multilabel_metrics(Y_test, P_test, [tuned["per_label"][g] for g in labels]),
         }
+        spec = {
+            "format": 1,
+            "members": members,
+            "calibration": {**calibration, "fitted_on": f"validation rows ({len(validation)})"},
+        }
+        write_json(staged / ENSEMBLE_FILE, spec)
         write_json(
             staged / "thresholds.json",
             {
                 "default": args.threshold,
+                "default_per_label": dict(zip(labels, map(float, default_thresholds))),
+                "scale": f"calibrated ({args.calibrate})" if args.calibrate != "none" else "uncalibrated",
                 **tuned,
                 "tuned_on": f"the members' shared validation rows ({len(validation)}), ensemble probabilities",
             },
@@ -243,11 +302,22 @@ def main(argv=None):
             {
                 "threshold": args.threshold,
                 "tuned_thresholds": tuned,
+                "calibration": {
+                    "method": args.calibrate,
+                    **{
+                        f"{rows}_{stage}": gcal.calibration_report(Y, P, labels)
+                        for rows, Y, raw, P in (
+                            ("validation", Y_val, raw_val, P_val),
+                            ("test", Y_test, raw_test, P_test),
+                        )
+                        for stage, P in (("before", raw), ("after", P))
+                    },
+                },
                 "base_model": train_config["base_model"],
-                "scored_with": "predict.py's probabilities: each member's default ONNX model, weighted mean",
+                "scored_with": "predict.py's probabilities: each member's default ONNX model, weighted mean, calibrated",
                 **evaluation,
                 "members_test": member_test,
-                "per_genre_test": per_label_report(Y_test, P_test, labels, args.threshold),
+                "per_genre_test": per_label_report(Y_test, P_test, labels, default_thresholds),
             },
         )
         train_config["split_sizes"] = {"validation": len(validation), "test": len(test)}
@@ -258,8 +328,8 @@ def main(argv=None):
     zip_path = zip_folder(output, zip_path_of(output))
     scores = evaluation["test"]
     print(
-        f"ensemble of {len(members)} runs (weights {', '.join(f'{w:.3g}' for w in weights)}) on {len(test)} test rows "
-        f"at {args.threshold}: macro-F1 {scores['macro_f1']:.4f}, micro-F1 {scores['micro_f1']:.4f}, "
+        f"ensemble of {len(members)} runs (weights {', '.join(f'{w:.3g}' for w in weights)}) on {len(test)} test rows, "
+        f"default decisions ({args.threshold} uncalibrated): macro-F1 {scores['macro_f1']:.4f}, micro-F1 {scores['micro_f1']:.4f}, "
         f"ROC-AUC {scores['macro_roc_auc']:.4f} (members' macro-F1: "
         + ", ".join(f"{m['macro_f1']:.4f}" for m in member_test)
         + ")"

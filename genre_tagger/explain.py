@@ -71,11 +71,11 @@ def _word_scores(tagger, text):
     return spans, truncated, probabilities[0] - probabilities[1:]
 
 
-def explain(tagger, texts, thresholds, top_k=None, words=DEFAULT_WORDS, probabilities=None, labels=None):
+def explain(tagger, texts, thresholds, top_k=None, words=DEFAULT_WORDS, probabilities=None, labels=None, min_genres=0):
     """Per text: {"truncated": bool, "genres": [{"genre", "probability", "up": [...], "down": [...]}, ...]}.
 
     Genres are those at or above `thresholds` (a number, or per-genre as Run.thresholds_for returns them),
-    highest first, at most `top_k`; `probabilities` (the tags already computed for `texts`) choose them when
+    highest first, at most `top_k` and at least `min_genres` (as metrics.decode tags them); `probabilities` (the tags already computed for `texts`) choose them when
     given, so the explained genres are the tagged ones. "up"/"down": at most `words` words each,
     {"word", "start", "end", "score"}, strongest first; score = p(text) - p(text without the word).
     """
@@ -86,7 +86,7 @@ def explain(tagger, texts, thresholds, top_k=None, words=DEFAULT_WORDS, probabil
     if probabilities is None:
         probabilities = tagger.probabilities(texts, 32)
     results = []
-    for text, genres in zip(texts, decode(np.asarray(probabilities), labels, thresholds, top_k)):
+    for text, genres in zip(texts, decode(np.asarray(probabilities), labels, thresholds, top_k, min_genres)):
         entry = {"truncated": False, "genres": []}
         if genres:
             spans, entry["truncated"], scores = _word_scores(tagger, text)
@@ -112,10 +112,18 @@ def explain(tagger, texts, thresholds, top_k=None, words=DEFAULT_WORDS, probabil
 
 
 def explained(tagger, args, texts, thresholds, probabilities, labels):
-    """predict.py's: with --explain, each text's explanation of its tagged genres (at most --top-k), else None."""
+    """predict.py's: with --explain, each text's explanation of its tagged genres (--max/--min-genres), else None."""
     if not args.explain:
         return None
-    return explain(tagger, texts, thresholds, args.top_k, probabilities=probabilities, labels=labels)
+    return explain(
+        tagger,
+        texts,
+        thresholds,
+        args.max_genres,
+        probabilities=probabilities,
+        labels=labels,
+        min_genres=args.min_genres,
+    )
 
 
 def compact(explanation):

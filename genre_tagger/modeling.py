@@ -191,17 +191,23 @@ def length_sorted_batches(lengths, batch_size):
 
 
 @torch.inference_mode()
-def predict_probabilities(model, tokenizer, texts, max_length, batch_size=64):
-    """Sigmoid probabilities, shape (len(texts), genres), in the order of `texts`."""
+def predict_logits(model, tokenizer, texts, max_length, batch_size=64):
+    """The classifier's logits (float64), shape (len(texts), genres), in the order of `texts`."""
     encodings = tokenizer(list(texts), truncation=True, max_length=max_length)
     ids = encodings["input_ids"]
-    probabilities = np.zeros((len(ids), len(model.config.id2label)), dtype=np.float32)
+    logits = np.zeros((len(ids), len(model.config.id2label)), dtype=np.float64)
     device = next(model.parameters()).device  # a model just trained on a GPU is still there
     for batch in length_sorted_batches([len(row) for row in ids], batch_size):
         padded = tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(device)
-        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
-        probabilities[batch] = torch.sigmoid(logits).float().cpu().numpy()
-    return probabilities
+        output = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        logits[batch] = output.double().cpu().numpy()
+    return logits
+
+
+def predict_probabilities(model, tokenizer, texts, max_length, batch_size=64):
+    """Sigmoid probabilities, shape (len(texts), genres), in the order of `texts`."""
+    logits = predict_logits(model, tokenizer, texts, max_length, batch_size)
+    return torch.sigmoid(torch.from_numpy(logits)).float().numpy()
 
 
 class BestModelSummary(TrainerCallback):

@@ -77,3 +77,27 @@ def cooccurrence(label_matrix, labels, path):
             ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=6, color="white")
     fig.colorbar(image, ax=ax, label="movies with both genres")
     _save(fig, path)
+
+
+def reliability(y_true, before, after, path, bins=15):
+    """Reliability diagram of every row x genre cell: positive rate against mean probability per bin."""
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    fig, ax = _figure((5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, probabilities, marker in (("uncalibrated", before, "o"), ("calibrated", after, "s")):
+        p = np.asarray(probabilities, dtype=np.float64).ravel()
+        which = np.minimum((p * bins).astype(np.int64), bins - 1)
+        kept = [b for b in range(bins) if (which == b).any()]
+        ax.plot(
+            [p[which == b].mean() for b in kept],
+            [y[which == b].mean() for b in kept],
+            marker=marker,
+            label=name,
+        )
+    ax.set_xlabel("mean predicted probability in the bin")
+    ax.set_ylabel("share of the bin that has the genre")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"test rows x genres, {bins} equal-width bins")
+    ax.legend(loc="upper left")
+    _save(fig, path)

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 from genre_tagger import UserError
 from genre_tagger.common import first_line, printable, sha256_of
+from genre_tagger.metrics import DEFAULT_THRESHOLD
 
 DEFAULT_RUN = Path("models/genre-classifier")
 MANIFEST = "manifest.json"
@@ -54,7 +55,8 @@ MEMBER_REQUIRED_FILES = ("config.json", "thresholds.json", "train_config.json", 
 PREDICTING_NEEDS = ("config.json", "thresholds.json", "train_config.json", "tokenizer.json")
 # Read in full by a backend only when needed, so hashed then (once), not on every open.
 LARGE_FILES = ("model.safetensors", "model.onnx", "model.int8.onnx", "binarizer.joblib")
-THRESHOLD_CHOICES = ("tuned", "tuned-global")
+CALIBRATION_FILE = "calibration.json"
+THRESHOLD_CHOICES = ("default", "tuned", "tuned-global")
 ONNX_FILES = ("model.onnx", "model.int8.onnx", "onnx.json")  # what an ONNX export writes (anew)
 # Zip limits sized for real runs: a base-size (110M-parameter) ensemble is about 1.5 GB unpacked.
 MAX_ZIP_TOTAL_BYTES = 4 << 30
@@ -82,7 +84,7 @@ def is_probability(value):
 
 
 def parse_threshold(choice, flag="--threshold"):
-    """A threshold the user chose: a probability in (0, 1), or 'tuned' / 'tuned-global' (kept as text)."""
+    """A threshold the user chose: a probability in (0, 1), or 'default' / 'tuned' / 'tuned-global' (kept as text)."""
     if isinstance(choice, str) and choice.strip() in THRESHOLD_CHOICES:
         return choice.strip()
     if isinstance(choice, bool):
@@ -91,7 +93,7 @@ def parse_threshold(choice, flag="--threshold"):
         value = float(choice)
     except (TypeError, ValueError):
         raise UserError(
-            f"{flag} must be a number in (0, 1), 'tuned' or 'tuned-global', not {printable(str(choice))!r}"
+            f"{flag} must be a number in (0, 1), 'default', 'tuned' or 'tuned-global', not {printable(str(choice))!r}"
         ) from None
     if not is_probability(value):
         raise UserError(f"{flag} must be between 0 and 1 (exclusive), not {printable(str(choice))}")
@@ -101,9 +103,16 @@ def parse_threshold(choice, flag="--threshold"):
 def thresholds_from(saved, labels, choice, flag="--threshold"):
     """Thresholds for `choice` (see parse_threshold) from a run's thresholds.json (`saved`) and its labels."""
     choice = parse_threshold(choice, flag)
-    if choice == "tuned":
+    if choice == "default":  # the run's default decisions; a calibrated run keeps them per genre
+        if isinstance(saved.get("default_per_label"), dict):
+            return [saved["default_per_label"][label] for label in labels]
+        return saved.get("default", DEFAULT_THRESHOLD)
+    if choice == "tuned":  # None: a goal no threshold reached on held-out rows, so the genre is never tagged
         per_label = saved.get("per_label")
-        if not isinstance(per_label, dict) or not all(is_probability(per_label.get(label)) for label in labels):
+        if not isinstance(per_label, dict) or not all(
+            is_probability(per_label.get(label)) or (label in per_label and per_label[label] is None)
+            for label in labels
+        ):
             raise UserError(f"this run has no per-genre thresholds; use {flag} tuned-global or a number")
         return [per_label[label] for label in labels]
     if choice == "tuned-global":
@@ -421,13 +430,30 @@ def _check_thresholds(thresholds, labels, origin):
     for key in ("default", "global"):
         if key in thresholds and not is_probability(thresholds[key]):
             raise UserError(f"{origin}: thresholds.json's {key!r} is not a probability in (0, 1)")
-    per_label = thresholds.get("per_label")
-    if per_label is not None and (
-        not isinstance(per_label, dict)
-        or set(per_label) != set(labels)
-        or not all(is_probability(v) for v in per_label.values())
-    ):
-        raise UserError(f"{origin}: thresholds.json's per-genre thresholds do not match the run's genres")
+    for key, allowed in (("per_label", (None,)), ("default_per_label", ())):
+        per_label = thresholds.get(key)
+        if per_label is not None and (
+            not isinstance(per_label, dict)
+            or set(per_label) != set(labels)
+            or not all(is_probability(v) or v in allowed for v in per_label.values())
+        ):
+            raise UserError(f"{origin}: thresholds.json's per-genre thresholds do not match the run's genres")
+
+
+def _check_calibration(calibration, labels, origin, where):
+    """A calibration record (calibration.json, or ensemble.json's): a positive scale and a shift per genre."""
+
+    def numbers(key, low):
+        values = calibration.get(key) if isinstance(calibration, dict) else None
+        return (
+            isinstance(values, list)
+            and len(values) == len(labels)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and low < v < 1e6 for v in values)
+        )
+
+    if not (numbers("scale", 0) and numbers("shift", -1e6) and isinstance(calibration.get("method"), str)):
+        raise UserError(_recreate(origin).format(f"{where}'s calibration does not fit the run's genres"))
+    return calibration
 
 
 def _check_onnx(onnx, origin):
@@ -480,12 +506,18 @@ class Run:
             )
         self.thresholds = files.json("thresholds.json")
         _check_thresholds(self.thresholds, self.labels, origin)
+        # Folded into a model's weights, so only read back: by an ensemble, which averages its members'
+        # uncalibrated probabilities and calibrates the average with the map in ensemble.json.
+        self.calibration = None
+        if (files.root / CALIBRATION_FILE).is_file():
+            self.calibration = _check_calibration(files.json(CALIBRATION_FILE), self.labels, origin, CALIBRATION_FILE)
         self.onnx = None
         if (files.root / "onnx.json").is_file() and "onnx.json" not in rewritten:
             self.onnx = _check_onnx(files.json("onnx.json"), origin)
             files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
         settings = self.train_config.get("settings")
         max_length = self.onnx["max_length"] if self.onnx else (settings or {}).get("max_length")
+        self.ensemble_calibration = None  # an ensemble's map from averaged to calibrated probabilities
         self.members = self._open_members() if self.is_ensemble else []
         if self.members:
             max_length = max(member.max_length for member, _ in self.members)
@@ -604,4 +636,6 @@ class Run:
             if run.onnx is None:
                 raise UserError(f"{origin} has no ONNX export; re-create the ensemble")
             opened.append((run, float(weight)))
+        if spec.get("calibration") is not None:
+            self.ensemble_calibration = _check_calibration(spec["calibration"], self.labels, self.origin, ENSEMBLE_FILE)
         return opened

@@ -16,6 +16,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.common import printable, sha256_of, spreadsheet_safe, umask_mode, write_json
 from genre_tagger.run import (
+    CALIBRATION_FILE,
     ENSEMBLE_FILE,
     ENSEMBLE_REQUIRED_FILES,
     LARGE_FILES,
@@ -36,6 +37,7 @@ RUN_FILE_NAMES = {
     *LARGE_FILES,
     MANIFEST,
     ENSEMBLE_FILE,
+    CALIBRATION_FILE,
     "onnx.json",
     "metrics.json",
     "per_genre.csv",
@@ -510,12 +512,15 @@ def publish_and_zip(staged, output):
     return zip_path
 
 
-def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, scores, evaluation, training, started):
+def save_run(
+    output, args, *, model, tokenizer, binarizer, tuned, data, split, scores, evaluation, calibration, training, started
+):
     """Write the run folder (built in a staging folder, sealed by a manifest, renamed into place), its zip, and
     remove the checkpoints. Returns the zip's path.
 
     data: movies, texts, test_movies, test_texts, cleaning; split: train_idx, val_idx, test_idx, Y, Y_test;
-    scores: P_val, P_test, report, baseline_report, unseen_in_test; training: base_model, base_path,
+    scores: P_val, P_test, report, baseline_report, unseen_in_test (calibrated probabilities); calibration:
+    fitted, default_thresholds, reports, before_test (uncalibrated test probabilities); training: base_model, base_path,
     fallback_note, best_epoch, log_history, parallel, train_seconds, checkpoint_dir.
     """
     import platform
@@ -540,7 +545,24 @@ def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, s
     try:
         save_classifier(model, tokenizer, staged)
         joblib.dump(binarizer, staged / "binarizer.joblib")
-        write_json(staged / "thresholds.json", {"default": args.threshold, **tuned})
+        fitted = calibration["fitted"]
+        write_json(
+            staged / CALIBRATION_FILE,
+            {
+                **fitted,
+                "fitted_on": f"validation rows ({len(val_idx)})",
+                "applied": "folded into the classifier's last layer: the model's outputs are calibrated",
+            },
+        )
+        write_json(
+            staged / "thresholds.json",
+            {
+                "default": args.threshold,
+                "default_per_label": dict(zip(labels, map(float, calibration["default_thresholds"]))),
+                "scale": f"calibrated ({fitted['method']})" if fitted["method"] != "none" else "uncalibrated",
+                **tuned,
+            },
+        )
         split_rows = (
             [("train", i) for i in train_idx]
             + [("validation", i) for i in val_idx]
@@ -580,10 +602,12 @@ def save_run(output, args, *, model, tokenizer, binarizer, tuned, data, split, s
         )
         plots.precision_recall_curves(Y_test, P_test, labels, staged / "plots" / "precision_recall.png")
         plots.cooccurrence(Y, labels, staged / "plots" / "cooccurrence.png")
+        plots.reliability(Y_test, calibration["before_test"], P_test, staged / "plots" / "reliability.png")
 
         metrics_payload = {
             "threshold": args.threshold,
             "tuned_thresholds": tuned,
+            "calibration": {"method": fitted["method"], **calibration["reports"]},
             "test_genres_not_learned": scores["unseen_in_test"],
             "base_model": training["base_model"],
             "best_epoch": training["best_epoch"],

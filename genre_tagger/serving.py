@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import numpy as np
 
 from genre_tagger.data import clean_text
-from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
+from genre_tagger.metrics import decode
 
 API_VERSION = "v1"
 WEB_FOLDER = Path(__file__).with_name("web")
@@ -43,7 +43,7 @@ class ServedRun:
     """Everything the service needs from a run, read once at start; the run folder is not needed afterwards."""
 
     labels: list
-    thresholds: dict  # choice ("tuned", "tuned-global") -> thresholds as Run.thresholds_for returns them
+    thresholds: dict  # choice ("default", "tuned", "tuned-global") -> thresholds as Run.thresholds_for returns them
     saved_thresholds: dict  # thresholds.json as train.py wrote it
     description: dict  # what GET /v1/model shows
     tagger: object  # anything with .probabilities(texts, batch_size) -> (len(texts), len(labels)) array
@@ -66,7 +66,7 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         metrics = run.json("metrics.json") if run.has("metrics.json") else {}
         labels, train_config, saved_thresholds = run.labels, run.train_config, run.thresholds
         thresholds = {}
-        for choice in ("tuned", "tuned-global"):
+        for choice in ("default", "tuned", "tuned-global"):
             try:
                 thresholds[choice] = run.thresholds_for(choice)
             except Exception:  # noqa: BLE001 - a run without tuned thresholds refuses that choice per request
@@ -92,7 +92,9 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
 # %% Requests and responses
 
 _THRESHOLD_HELP = (
-    "a number strictly between 0 and 1, 'tuned' (per-genre thresholds saved by train.py) or 'tuned-global'"
+    "'default' (the run's decisions: train.py's 0.3 on the uncalibrated scale, kept per genre on the calibrated "
+    "one), a calibrated probability strictly between 0 and 1, 'tuned' (per-genre thresholds for train.py's "
+    "--threshold-goal) or 'tuned-global'"
 )
 
 
@@ -120,7 +122,7 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
         model_config = ConfigDict(
             extra="forbid",
             strict=True,
-            json_schema_extra={"examples": [{"descriptions": ["A retired hitman seeks revenge."], "threshold": 0.3}]},
+            json_schema_extra={"examples": [{"descriptions": ["A retired hitman seeks revenge."], "min_genres": 1}]},
         )
 
         descriptions: Annotated[list[str], Field(min_length=1, max_length=max_descriptions)] = Field(
@@ -129,10 +131,16 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
                 "text (no control characters but tabs and newlines); longer ones are tagged on their first tokens"
             )
         )
-        threshold: float | Literal["tuned", "tuned-global"] = Field(
-            DEFAULT_THRESHOLD, description=f"probability at which a genre is tagged: {_THRESHOLD_HELP}"
+        threshold: float | Literal["default", "tuned", "tuned-global"] = Field(
+            "default", description=f"when a genre is tagged: {_THRESHOLD_HELP}"
         )
-        top_k: int | None = Field(None, ge=1, description="return at most K tagged genres per description")
+        max_genres: int | None = Field(
+            None, ge=1, description="tag at most N genres per description, the most probable"
+        )
+        top_k: int | None = Field(None, ge=1, description="the same as max_genres (its earlier name)")
+        min_genres: int = Field(
+            0, ge=0, description="tag at least N genres per description, adding the most probable below the threshold"
+        )
         explain: bool = Field(
             False,
             description=(
@@ -176,7 +184,9 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
 
     class TagResult(BaseModel):
         description: str = Field(description="the description as tagged (whitespace collapsed, as predict.py does)")
-        genres: list[GenreScore] = Field(description="genres at or above the threshold, highest first")
+        genres: list[GenreScore] = Field(
+            description="genres at or above the threshold (and up to min_genres below it), highest first"
+        )
         probabilities: dict[str, float] = Field(description="every genre's probability, in the model's order")
         explanations: dict | None = Field(
             None,
@@ -593,7 +603,9 @@ def _validation_message(errors):
         elif error.get("type") == "missing" and not where:
             parts.append('body is missing; send a JSON object like {"descriptions": ["A detective ..."]}')
         elif error.get("type") == "extra_forbidden":
-            parts.append(f"unknown field {where!r}; the fields are descriptions, threshold, top_k, explain")
+            parts.append(
+                f"unknown field {where!r}; the fields are descriptions, threshold, max_genres, min_genres, top_k, explain"
+            )
         elif error.get("type") == "model_attributes_type":
             parts.append('body must be a JSON object like {"descriptions": ["A detective ..."]}')
         elif error.get("type") == "too_short" and where == "descriptions":
@@ -674,7 +686,13 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         if isinstance(body.threshold, str) and body.threshold not in run.thresholds:
             return JSONResponse({"error": f"this run has no {body.threshold} thresholds; use a number"}, 422)
         thresholds = run.thresholds.get(body.threshold, body.threshold)
-        explain = {"thresholds": thresholds, "top_k": body.top_k, "labels": run.labels} if body.explain else None
+        if body.max_genres is not None and body.top_k is not None and body.max_genres != body.top_k:
+            return JSONResponse({"error": "max_genres and top_k are the same setting; give one of them"}, 422)
+        max_genres = body.max_genres if body.max_genres is not None else body.top_k
+        if max_genres is not None and body.min_genres > max_genres:
+            return JSONResponse({"error": f"min_genres ({body.min_genres}) exceeds max_genres ({max_genres})"}, 422)
+        counts = {"top_k": max_genres, "min_genres": body.min_genres}
+        explain = {"thresholds": thresholds, "labels": run.labels, **counts} if body.explain else None
         try:
             probabilities = await batcher.probabilities(body.descriptions, request.scope, explain)
         except ServerBusy:
@@ -684,7 +702,7 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
         except TaggingFailed as err:
             return JSONResponse({"error": str(err)}, 500)
         probabilities, explanations = probabilities if body.explain else (probabilities, None)
-        decoded = decode(probabilities, run.labels, thresholds, body.top_k)
+        decoded = decode(probabilities, run.labels, thresholds, max_genres, body.min_genres)
         results = [
             result_record(text, row, genres, run.labels)
             for text, row, genres in zip(body.descriptions, probabilities, decoded)

@@ -90,13 +90,25 @@ def train_settings_problem(args, cores=None):
                 "--text-column and --label-column must name a column",
             ),
             (Path(args.output).name not in ("", ".", ".."), f"--output must name a run folder, not {args.output!r}"),
+            (goals_problem(args.threshold_goal) is None, f"--threshold-goal: {goals_problem(args.threshold_goal)}"),
         ]
     )
+
+
+def goals_problem(items):
+    from genre_tagger.metrics import parse_goals
+
+    try:
+        parse_goals(items)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def build_train_parser(description="Fine-tune a multi-label genre classifier and save a self-describing run."):
     """train.py's flags (python -m genre_tagger.crossval takes the same ones)."""
 
+    from genre_tagger.calibration import DEFAULT_METHOD, METHODS
     from genre_tagger.data import DEFAULT_DATA_PATH
     from genre_tagger.metrics import DEFAULT_THRESHOLD
     from genre_tagger.run import DEFAULT_RUN
@@ -216,7 +228,25 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         "--threshold",
         type=float,
         default=DEFAULT_THRESHOLD,
-        help="probability at which a genre is tagged, for reported metrics (default: %(default)s)",
+        help="the default decision point on the model's uncalibrated probabilities; a calibrated run keeps the same "
+        "decisions, recorded per genre on the calibrated scale in thresholds.json (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calibrate",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help="how the probabilities are calibrated on the validation rows and folded into the model: "
+        "prior-temperature (2 numbers on top of each genre's pos-weight offset), temperature, platt (per genre) or "
+        "none (default: %(default)s, the best measured; bench/RESULTS.md)",
+    )
+    p.add_argument(
+        "--threshold-goal",
+        nargs="+",
+        default=["f1"],
+        metavar="GOAL",
+        help="what the per-genre thresholds (predict.py --threshold tuned) aim for on the validation rows: f1, "
+        "precision>=P or recall>=R for every genre, and Genre=GOAL for one (e.g. precision>=0.9 Drama=f1); "
+        "recorded in thresholds.json with the precision and recall reached (default: f1)",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
@@ -307,7 +337,15 @@ def predict_settings_problem(args, cores=None):
             (not (args.descriptions and args.input), "give descriptions or --input, not both"),
             (not args.output or bool(args.input), "--output goes with --input"),
             (args.input_format == "auto" or bool(args.input), "--input-format goes with --input"),
-            (args.top_k is None or _in(args.top_k, 1, 10**6), f"--top-k must be at least 1, not {args.top_k}"),
+            (
+                args.max_genres is None or _in(args.max_genres, 1, 10**6),
+                f"--max-genres must be at least 1, not {args.max_genres}",
+            ),
+            (_in(args.min_genres, 0, 10**6), f"--min-genres must be 0 or more, not {args.min_genres}"),
+            (
+                args.max_genres is None or args.min_genres <= args.max_genres,
+                f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})",
+            ),
             (
                 _in(args.batch_size, 1, MAX_PREDICT_BATCH),
                 f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, not {args.batch_size}",

@@ -4,7 +4,7 @@
 
     tagger = load_tagger("models/genre-classifier.zip")          # backend="auto": ONNX when the run has it
     tagger.tag(["A retired hitman seeks revenge on the gangsters who killed his dog."])
-    # [[('Crime', p), ('Drama', p), ...]]: genres at or above 0.3, highest first
+    # [[('Crime', p), ('Drama', p), ...]]: the run's default decisions, highest first; p is calibrated
     tagger.probabilities(texts)                                 # array (len(texts), len(tagger.labels))
     tagger.explain(texts)                                       # per tagged genre, the words behind it
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from genre_tagger import UserError
 from genre_tagger.common import first_line, note
-from genre_tagger.metrics import DEFAULT_THRESHOLD, decode
+from genre_tagger.metrics import decode
 from genre_tagger.run import DEFAULT_RUN, Run
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -72,7 +72,11 @@ class TorchTagger:
 
 
 class EnsembleTagger:
-    """Weighted mean of the members' probabilities; each member runs its default ONNX export."""
+    """Weighted mean of the members' uncalibrated probabilities, then the ensemble's own calibration.
+
+    Each member runs its default ONNX export, whose outputs carry the member's calibration (folded into its
+    weights); that map is undone first, so the average is the one the ensemble's calibration was fitted on.
+    """
 
     def __init__(self, run, backend="auto", variant=None, threads=0, spinning=True):
         from genre_tagger.onnx_backend import OnnxTagger
@@ -83,6 +87,8 @@ class EnsembleTagger:
             )
         self.labels = run.labels
         self.members = [OnnxTagger.from_run(member, threads=threads, spinning=spinning) for member, _ in run.members]
+        self.member_calibrations = [member.calibration for member, _ in run.members]
+        self.calibration = run.ensemble_calibration
         weights = np.array([weight for _, weight in run.members])
         self.weights = weights / weights.sum()
         self.variant = "+".join(m.variant for m in self.members)
@@ -93,11 +99,23 @@ class EnsembleTagger:
         # The members' vocabularies differ: warn when any of them sees mostly unknown tokens.
         return np.max([m.unknown_token_shares(texts) for m in self.members], axis=0)
 
-    def probabilities(self, texts, batch_size=32):
+    def uncalibrated_probabilities(self, texts, batch_size=32):
+        """The weighted mean of the members' probabilities, each with its own calibration undone."""
+        from genre_tagger.calibration import undo
+
         texts = list(texts)
-        return sum(w * m.probabilities(texts, batch_size) for w, m in zip(self.weights, self.members)).astype(
-            np.float32
+        return sum(
+            w * undo(m.probabilities(texts, batch_size), calibration)
+            for w, m, calibration in zip(self.weights, self.members, self.member_calibrations)
         )
+
+    def probabilities(self, texts, batch_size=32):
+        from genre_tagger.calibration import apply_to_probabilities
+
+        averaged = self.uncalibrated_probabilities(texts, batch_size)
+        if self.calibration is not None:
+            averaged = apply_to_probabilities(averaged, self.calibration)
+        return averaged.astype(np.float32)
 
 
 def open_tagger(run, backend="auto", variant=None, threads=0, spinning=True):
@@ -140,6 +158,15 @@ def _checked_texts(texts):
     return texts
 
 
+def _check_genre_counts(top_k, min_genres):
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or a whole number of at least 1, not {top_k!r}")
+    if isinstance(min_genres, bool) or not isinstance(min_genres, int) or min_genres < 0:
+        raise ValueError(f"min_genres must be a whole number of at least 0, not {min_genres!r}")
+    if top_k is not None and min_genres > top_k:
+        raise ValueError(f"min_genres ({min_genres}) must not exceed top_k ({top_k})")
+
+
 class Tagger:
     """A loaded run: `.labels`, `.probabilities(texts)` and `.tag(texts, threshold=...)`."""
 
@@ -168,8 +195,9 @@ class Tagger:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         return self._backend.probabilities(texts, batch_size)
 
-    def thresholds(self, threshold=DEFAULT_THRESHOLD):
-        """A number in (0, 1), 'tuned' (per genre, tuned on validation by train.py) or 'tuned-global'."""
+    def thresholds(self, threshold="default"):
+        """'default' (the run's decisions), a number in (0, 1), 'tuned' (per genre, for train.py's
+        --threshold-goal, on validation) or 'tuned-global'."""
         from genre_tagger.run import thresholds_from
 
         try:
@@ -177,14 +205,14 @@ class Tagger:
         except UserError as err:
             raise ValueError(str(err)) from None
 
-    def tag(self, texts, threshold=DEFAULT_THRESHOLD, top_k=None, batch_size=32):
-        """For each text, [(genre, probability), ...] at or above the threshold, highest first (at most `top_k`)."""
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or a whole number of at least 1, not {top_k!r}")
+    def tag(self, texts, threshold="default", top_k=None, batch_size=32, min_genres=0):
+        """For each text, [(genre, probability), ...] at or above the threshold, highest first: at most `top_k`
+        (max genres), topped up to `min_genres` with the most probable genres below it."""
+        _check_genre_counts(top_k, min_genres)
         thresholds = self.thresholds(threshold)
-        return decode(self.probabilities(texts, batch_size), self.labels, thresholds, top_k)
+        return decode(self.probabilities(texts, batch_size), self.labels, thresholds, top_k, min_genres)
 
-    def explain(self, texts, threshold=DEFAULT_THRESHOLD, top_k=None, words=5):
+    def explain(self, texts, threshold="default", top_k=None, words=5, min_genres=0):
         """Per text, which words pushed each tagged genre up or down (leave-one-word-out; genre_tagger.explain).
 
         Returns [{"truncated": bool, "genres": [{"genre", "probability", "up", "down"}, ...]}, ...]; each word is
@@ -192,14 +220,13 @@ class Tagger:
         """
         from genre_tagger.explain import explain
 
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or a whole number of at least 1, not {top_k!r}")
+        _check_genre_counts(top_k, min_genres)
         if isinstance(words, bool) or not isinstance(words, int) or words < 1:
             raise ValueError(f"words must be a whole number of at least 1, not {words!r}")
         thresholds = self.thresholds(threshold)
         texts = _checked_texts(texts)
         probabilities = self.probabilities(texts)
-        return explain(self, texts, thresholds, top_k, words, probabilities=probabilities)
+        return explain(self, texts, thresholds, top_k, words, probabilities=probabilities, min_genres=min_genres)
 
 
 def load_tagger(path=DEFAULT_RUN, backend="auto", variant=None, threads=0):

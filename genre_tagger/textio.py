@@ -39,11 +39,20 @@ def warn_unknown(tagger, texts, numbers):
         )
 
 
+def threshold_words(choice):
+    """How a threshold choice reads in a sentence: 'at or above 0.5', 'at or above the default thresholds'."""
+    named = {"default": "the run's default thresholds", "tuned": "the tuned thresholds"}
+    return named.get(choice, "the tuned global threshold" if choice == "tuned-global" else str(choice))
+
+
 def format_genres(genres, threshold_text, probabilities_row, labels):
     if genres:
         return ", ".join(f"{g} {p:.2f}" for g, p in genres)
     best = max(range(len(labels)), key=lambda j: probabilities_row[j])
-    return f"(no genre at or above {threshold_text}; most likely {labels[best]} {probabilities_row[best]:.2f})"
+    return (
+        f"(no genre at or above {threshold_words(threshold_text)}; "
+        f"most likely {labels[best]} {probabilities_row[best]:.2f})"
+    )
 
 
 def description_limit(max_length):

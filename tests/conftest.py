@@ -111,12 +111,14 @@ def trained(tmp_path_factory, tiny_distilbert, imdb_csv):
 
 @pytest.fixture(scope="session")
 def frozen_trained(tmp_path_factory, tiny_distilbert, imdb_csv):
-    """A `--freeze-encoder` run on the same 200 rows and seed as `trained` (so the same split); read-only."""
+    """A `--freeze-encoder` run on the same 200 rows and seed as `trained` (so the same split), its thresholds
+    tuned for precision / recall goals; read-only."""
     work = tmp_path_factory.mktemp("frozen")
     output = work / "run"
     result = run_script(
         "train.py", "--data", imdb_csv, "--limit", "200", "--model", tiny_distilbert, "--freeze-encoder",
         "--output", output, "--checkpoint-dir", work / "checkpoints",
+        "--threshold-goal", "precision>=0.9", "Drama=recall>=0.5", "Comedy=f1",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return {"base": tiny_distilbert, "output": output, "log": result.stdout}

@@ -21,7 +21,7 @@ def test_run_folder_describes_itself(trained):
         "config.json", "model.safetensors", "hf_classifier.py", "tokenizer.json", "binarizer.joblib", "train_config.json",
         "metrics.json", "thresholds.json", "split.csv", "per_genre.csv", "model.onnx", "model.int8.onnx",
         "onnx.json", "plots/per_genre_f1.png", "plots/threshold_curve.png", "plots/precision_recall.png",
-        "plots/cooccurrence.png",
+        "plots/cooccurrence.png", "plots/reliability.png", "calibration.json",
     ]:  # fmt: skip
         assert (folder / name).exists(), name
     config = json.loads((folder / "config.json").read_text())
@@ -34,6 +34,20 @@ def test_run_folder_describes_itself(trained):
         assert 0 <= metrics["test"][key] <= 1
         assert key in metrics["baseline_tfidf"]["test"]
     assert metrics["threshold"] == 0.3
+    # Calibration: fitted on the validation rows, reported before and after, folded into the model.
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["method"] == "prior-temperature" and "validation" in calibration["fitted_on"]
+    for rows in ("validation", "test"):
+        before, after = metrics["calibration"][f"{rows}_before"], metrics["calibration"][f"{rows}_after"]
+        assert set(before) >= {"micro_ece", "macro_ece", "brier", "log_loss", "per_genre_ece"}
+        assert before["bins"] == 15 and len(after["per_genre_ece"]) == len(config["id2label"])
+    assert (
+        metrics["calibration"]["validation_after"]["log_loss"] < metrics["calibration"]["validation_before"]["log_loss"]
+    )
+    thresholds = json.loads((folder / "thresholds.json").read_text())
+    assert thresholds["default"] == 0.3 and set(thresholds["default_per_label"]) == set(config["label2id"])
+    assert thresholds["scale"] == "calibrated (prior-temperature)"
+    assert all(record["goal"] == "f1" for record in thresholds["goals"].values())
     assert metrics["base_model"] == str(trained["base"])
     settings = json.loads((folder / "train_config.json").read_text())["settings"]
     assert settings["epochs"] == 2 and settings["limit"] == 200
@@ -88,10 +102,12 @@ def test_predict_from_folder_and_zip_give_identical_output(trained):
     assert from_folder.stdout == from_zip.stdout
     records = [json.loads(line) for line in from_folder.stdout.splitlines()]
     assert [r["description"] for r in records] == DESCRIPTIONS
+    thresholds = json.loads((trained["output"] / "thresholds.json").read_text())["default_per_label"]
     for record in records:
         probabilities = [g["probability"] for g in record["genres"]]
         assert probabilities == sorted(probabilities, reverse=True)
-        assert all(p >= 0.3 for p in probabilities)
+        # The default decisions: each genre at its own calibrated threshold (4-decimal rounding aside).
+        assert all(g["probability"] >= round(thresholds[g["genre"]], 4) for g in record["genres"])
         assert len(record["probabilities"]) >= 15
 
 
@@ -219,6 +235,12 @@ def test_cross_validation_reports_mean_and_std_for_model_and_baseline(tiny_disti
     for who in ("model", "baseline"):
         assert set(report["summary"][who]) == {"macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"}
         assert report["summary"][who]["macro_f1"]["std"] >= 0
+    # Each fold is calibrated on its validation rows and scored on its test rows; and all rows out-of-fold.
+    for fold in report["folds"]:
+        assert set(fold["calibration"]) == {"before", "after"}
+    pooled = report["summary"]["calibration_out_of_fold"]
+    assert pooled["after"]["log_loss"] < pooled["before"]["log_loss"]
+    assert "out-of-fold" in result.stdout
     assert not output.exists()  # cross-validation saves no model
     assert "± " in result.stdout
 
@@ -272,3 +294,31 @@ def test_onnx_path_never_imports_torch_or_transformers(trained):
     result = run_script("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "LIGHT"
+
+
+def test_threshold_goals_are_recorded_and_applied_by_predict(frozen_trained):
+    """frozen_trained (conftest) tunes for precision>=0.9, with Drama=recall>=0.5 and Comedy=f1."""
+    folder = frozen_trained["output"]
+    thresholds = json.loads((folder / "thresholds.json").read_text())
+    goals = thresholds["goals"]
+    assert goals["Drama"]["goal"] == "recall>=0.5" and goals["Comedy"]["goal"] == "f1"
+    assert goals["Action"]["goal"] == "precision>=0.9"
+    for genre, record in goals.items():
+        assert {"threshold", "reached", "precision", "recall", "positives"} <= set(record)
+        assert record["threshold"] == thresholds["per_label"][genre]
+        if record["reached"] and record["goal"].startswith("precision"):
+            assert record["precision"] >= 0.75  # counted on validation, smoothed towards the probabilities
+    unreached = [g for g, r in goals.items() if not r["reached"]]
+    assert unreached  # 20 validation rows cannot vouch for 90% precision everywhere: said in one line
+    (line,) = [line for line in frozen_trained["log"].splitlines() if "no threshold reaches the goal" in line]
+    assert all(g in line for g in unreached)
+    result = run_script(
+        "predict.py", "--model", folder, "--threshold", "tuned", "--json", "--min-genres", "0", *DESCRIPTIONS
+    )
+    assert result.returncode == 0, result.stderr
+    for record in map(json.loads, result.stdout.splitlines()):
+        for genre in record["genres"]:
+            assert (
+                thresholds["per_label"][genre["genre"]] is not None
+            )  # a genre whose goal was not reached is never tagged
+            assert genre["probability"] >= round(thresholds["per_label"][genre["genre"]], 4)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import run_script
+from genre_tagger import calibration as gcal
 from genre_tagger.common import write_json
 from genre_tagger.metrics import multilabel_metrics
+from genre_tagger.run import Run
 from genre_tagger.save import write_manifest
 from genre_tagger.tagger import load_tagger
 
@@ -36,12 +38,28 @@ def build(*args):
     return run_script("-m", "genre_tagger.ensemble", *map(str, args))
 
 
-def test_ensemble_probabilities_are_the_mean_of_the_members(ensemble, trained, frozen_member):
+def calibrated_mean(ensemble, sources, texts=TEXTS):
+    """The ensemble's rule from its files: each member's calibration undone, the weighted mean, then its own."""
+    spec = json.loads((ensemble / "ensemble.json").read_text())
+    averaged = 0
+    for member, source in zip(spec["members"], sources):
+        with Run.open(source) as run:
+            averaged = averaged + member["weight"] * gcal.undo(
+                load_tagger(source).probabilities(texts), run.calibration
+            )
+    return gcal.apply_to_probabilities(averaged, spec["calibration"])
+
+
+def test_ensemble_probabilities_are_the_calibrated_mean_of_the_members(ensemble, trained, frozen_member):
     members = [load_tagger(trained["zip"]).probabilities(TEXTS), load_tagger(frozen_member).probabilities(TEXTS)]
     tagger = load_tagger(ensemble)
     assert tagger.backend == "ensemble" and tagger.labels == load_tagger(frozen_member).labels
     assert not np.allclose(members[0], members[1], atol=1e-3)  # the test would prove nothing otherwise
-    assert np.allclose(tagger.probabilities(TEXTS), (members[0] + members[1]) / 2, atol=1e-6)
+    spec = json.loads((ensemble / "ensemble.json").read_text())
+    assert spec["calibration"]["method"] == "prior-temperature" and "validation" in spec["calibration"]["fitted_on"]
+    assert np.allclose(
+        tagger.probabilities(TEXTS), calibrated_mean(ensemble, [trained["zip"], frozen_member]), atol=1e-5
+    )
 
 
 def test_ensemble_run_describes_itself_and_scores_the_shared_test_rows(ensemble, trained):
@@ -52,7 +70,8 @@ def test_ensemble_run_describes_itself_and_scores_the_shared_test_rows(ensemble,
     member_files = sorted(p.name for p in (ensemble / "members" / "0").iterdir())
     onnx = json.loads((ensemble / "members" / "0" / "onnx.json").read_text())
     assert member_files == sorted(
-        ["config.json", "manifest.json", "onnx.json", "thresholds.json", "tokenizer.json", "train_config.json"]
+        ["calibration.json", "config.json", "manifest.json", "onnx.json", "thresholds.json", "tokenizer.json"]
+        + ["train_config.json"]
         + list(onnx["files"].values())
     )
     assert not list(ensemble.rglob("model.safetensors")) and not list(ensemble.rglob("binarizer.joblib"))
@@ -63,7 +82,8 @@ def test_ensemble_run_describes_itself_and_scores_the_shared_test_rows(ensemble,
     test = split[split["split"] == "test"]
     tagger = load_tagger(ensemble.with_suffix(".zip"))
     truth = np.array([[g in row.split(",") for g in tagger.labels] for row in test["labels"]], dtype=np.int64)
-    expected = multilabel_metrics(truth, tagger.probabilities(test["text"].tolist()), 0.3)
+    defaults = [thresholds["default_per_label"][g] for g in tagger.labels]
+    expected = multilabel_metrics(truth, tagger.probabilities(test["text"].tolist()), defaults)
     metrics = json.loads((ensemble / "metrics.json").read_text())
     assert metrics["test"]["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-9)
     assert len(metrics["members_test"]) == 2
@@ -93,17 +113,31 @@ def test_split_seed_lets_runs_of_another_seed_share_the_split_and_be_ensembled(
 def test_weights_are_applied_and_normalised(tmp_path, trained, frozen_member):
     result = build(trained["output"], frozen_member, "--weights", "3", "1", "--output", tmp_path / "weighted")
     assert result.returncode == 0, result.stderr
-    first, second = load_tagger(trained["output"]).probabilities(TEXTS), load_tagger(frozen_member).probabilities(TEXTS)
-    assert np.allclose(load_tagger(tmp_path / "weighted").probabilities(TEXTS), 0.75 * first + 0.25 * second, atol=1e-6)
+    spec = json.loads((tmp_path / "weighted" / "ensemble.json").read_text())
+    assert [m["weight"] for m in spec["members"]] == [0.75, 0.25]
+    expected = calibrated_mean(tmp_path / "weighted", [trained["output"], frozen_member])
+    assert np.allclose(load_tagger(tmp_path / "weighted").probabilities(TEXTS), expected, atol=1e-5)
+    # Without calibration the ensemble is the plain weighted mean of the members' uncalibrated probabilities.
+    plain = build(
+        trained["output"], frozen_member, "--weights", "3", "1", "--calibrate", "none", "--output", tmp_path / "plain"
+    )
+    assert plain.returncode == 0, plain.stderr
+    undone = []
+    for source in (trained["output"], frozen_member):
+        with Run.open(source) as run:
+            undone.append(gcal.undo(load_tagger(source).probabilities(TEXTS), run.calibration))
+    assert np.allclose(
+        load_tagger(tmp_path / "plain").probabilities(TEXTS), 0.75 * undone[0] + 0.25 * undone[1], atol=1e-5
+    )
 
 
 def test_predict_py_tags_from_the_ensemble_zip(ensemble, trained, frozen_member):
     result = run_script("predict.py", "--model", ensemble.with_suffix(".zip"), "--json", TEXTS[0])
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    members = [load_tagger(trained["zip"]), load_tagger(frozen_member)]
-    mean = (members[0].probabilities(TEXTS[:1]) + members[1].probabilities(TEXTS[:1])) / 2
-    assert [record["probabilities"][g] for g in members[0].labels] == pytest.approx(mean[0], abs=1e-4)
+    expected = calibrated_mean(ensemble, [trained["zip"], frozen_member], TEXTS[:1])
+    labels = load_tagger(frozen_member).labels
+    assert [record["probabilities"][g] for g in labels] == pytest.approx(expected[0], abs=1e-4)
     refused = run_script("predict.py", "--model", ensemble, "--backend", "torch", TEXTS[0])
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "ensemble" in refused.stderr
 
@@ -225,6 +259,5 @@ def test_serve_loads_an_ensemble(ensemble, trained, frozen_member):
 
     run = load_served_run(ensemble.with_suffix(".zip"))
     assert run.description["genres"] == len(run.labels) and run.description["max_tokens"] == 128
-    members = [load_tagger(trained["zip"]), load_tagger(frozen_member)]
-    mean = (members[0].probabilities(TEXTS) + members[1].probabilities(TEXTS)) / 2
-    assert np.allclose(run.tagger.probabilities(TEXTS, 8), mean, atol=1e-6)
+    expected = calibrated_mean(ensemble, [trained["zip"], frozen_member])
+    assert np.allclose(run.tagger.probabilities(TEXTS, 8), expected, atol=1e-5)

@@ -57,7 +57,7 @@ def _namespace(**values):
         epochs=1, grad_accum=1, batch_size=16, max_length=128, patience=3, limit=0, dropout=0.1, lr=1e-4, head_lr=2e-3,
         layer_decay=1.0, weight_decay=0.01, warmup_ratio=0.1, val_fraction=0.1, test_fraction=0.1, threshold=0.3,
         folds=0, seed=42, split_seed=None, save_steps=0, save_total_limit=2, threads=0, text_column="Description",
-        label_column="Genre", output="models/run",
+        label_column="Genre", output="models/run", threshold_goal=["f1"],
     )  # fmt: skip
     return argparse.Namespace(**{**defaults, **values})
 
@@ -117,15 +117,21 @@ def test_train_settings_accept_only_their_ranges(name, value):
 
 
 @BOUNDED
-@given(batch_size=NUMBERS, threads=NUMBERS, top_k=st.one_of(st.none(), st.integers(-5, 5)))
-def test_predict_settings_accept_only_their_ranges(batch_size, threads, top_k):
+@given(
+    batch_size=NUMBERS,
+    threads=NUMBERS,
+    max_genres=st.one_of(st.none(), st.integers(-5, 5)),
+    min_genres=st.integers(-5, 5),
+)
+def test_predict_settings_accept_only_their_ranges(batch_size, threads, max_genres, min_genres):
     args = argparse.Namespace(
-        descriptions=["a plot"], input=None, output=None, input_format="auto", top_k=top_k,
-        batch_size=batch_size, threads=threads,
+        descriptions=["a plot"], input=None, output=None, input_format="auto", max_genres=max_genres,
+        min_genres=min_genres, batch_size=batch_size, threads=threads,
     )  # fmt: skip
     problem = predict_settings_problem(args, cores=2)
     if problem is None:
-        assert 1 <= batch_size <= 4096 and 0 <= threads <= 2 and (top_k is None or top_k >= 1)
+        assert 1 <= batch_size <= 4096 and 0 <= threads <= 2 and (max_genres is None or max_genres >= 1)
+        assert 0 <= min_genres <= (max_genres or min_genres)
 
 
 @BOUNDED

@@ -39,7 +39,8 @@ def test_notebook_runs_top_to_bottom(tmp_path, imdb_csv, monkeypatch):
         output.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )
     assert "shape: (1000, 12)" in outputs
-    assert "fine-tuned @ threshold" in outputs and "TF-IDF baseline" in outputs
+    assert "fine-tuned, default decisions" in outputs and "TF-IDF baseline" in outputs
+    assert "calibration prior-temperature fitted on" in outputs
     assert "A retired hitman seeks revenge" in outputs
     assert (tmp_path / "models" / "notebook-run" / "model.safetensors").exists()
     assert (tmp_path / "models" / "notebook-run.zip").exists()

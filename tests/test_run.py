@@ -141,6 +141,8 @@ def test_tagger_misuse_is_a_value_error_never_a_quiet_answer():
     for kwargs, fragment in [
         ({"top_k": -1}, "top_k"),
         ({"top_k": 0}, "top_k"),
+        ({"min_genres": -1}, "min_genres"),
+        ({"top_k": 1, "min_genres": 2}, "min_genres"),
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": "tuned"}, "per-genre"),
         ({"batch_size": 0}, "batch_size"),
@@ -153,6 +155,43 @@ def test_tagger_misuse_is_a_value_error_never_a_quiet_answer():
     for texts in (None, 3, b"bytes", {"a": 1}):
         with pytest.raises(ValueError, match="texts must be"):
             tagger.probabilities(texts)
+
+
+@pytest.mark.parametrize(
+    "calibration",
+    [
+        {"method": "prior-temperature", "scale": [1.0], "shift": [0.0, 0.0]},  # not one per genre
+        {"method": "prior-temperature", "scale": [0.0, 1.0], "shift": [0.0, 0.0]},  # a scale that is not positive
+        {"method": "prior-temperature", "scale": [1.0, 1.0], "shift": [0.0, "x"]},
+        {"scale": [1.0, 1.0], "shift": [0.0, 0.0]},
+        [1, 2],
+    ],
+)
+def test_a_calibration_that_does_not_fit_the_run_is_refused(tmp_path, calibration):
+    folder = make_run(tmp_path / "run")
+    write_json(folder / "calibration.json", calibration)
+    write_manifest(folder)
+    with pytest.raises(UserError, match="calibration(.json is not| does not fit)"):
+        Run.open(folder)
+
+
+def test_the_default_and_goal_thresholds_of_a_calibrated_run(tmp_path):
+    folder = make_run(tmp_path / "run")
+    write_json(folder / "calibration.json", {"method": "prior-temperature", "scale": [0.5, 0.5], "shift": [-1, -2]})
+    thresholds = {
+        "default": 0.3,
+        "default_per_label": {"Action": 0.2, "Drama": 0.1},
+        "per_label": {"Action": 0.6, "Drama": None},
+    }
+    write_json(folder / "thresholds.json", thresholds)
+    write_manifest(folder)
+    with Run.open(folder) as run:
+        assert run.calibration["scale"] == [0.5, 0.5]
+        assert run.thresholds_for("default") == [0.2, 0.1] and run.thresholds_for("tuned") == [0.6, None]
+    write_json(folder / "thresholds.json", {**thresholds, "default_per_label": {"Action": 0.2, "Drama": None}})
+    write_manifest(folder)
+    with pytest.raises(UserError, match="per-genre thresholds do not match"):
+        Run.open(folder)
 
 
 def test_deeply_nested_json_and_an_unknown_manifest_format_are_one_line(tmp_path):

@@ -114,20 +114,34 @@ def test_tag_explain_gives_predict_explain_json(server, trained):
 
 def test_tag_gives_predict_json_numbers(server, trained):
     """Same run, same descriptions: the API's records equal predict.py --json's, number for number."""
-    for threshold, top_k in ((None, None), ("tuned", None), (0.45, 2)):
+    cases = ((None, {}), ("tuned", {}), (0.45, {"top_k": 2}), ("default", {"max_genres": 2, "min_genres": 1}))
+    cases += ((0.99, {"min_genres": 2}), (0.01, {"max_genres": 1}))
+    for threshold, counts in cases:
         flags = ["--json"]
-        body = {"descriptions": DESCRIPTIONS}
+        body = {"descriptions": DESCRIPTIONS, **counts}
         if threshold is not None:
             flags += ["--threshold", str(threshold)]
             body["threshold"] = threshold
-        if top_k is not None:
-            flags += ["--top-k", str(top_k)]
-            body["top_k"] = top_k
+        for name, value in counts.items():
+            flags += [
+                {"top_k": "--top-k", "max_genres": "--max-genres", "min_genres": "--min-genres"}[name],
+                str(value),
+            ]
         expected = run_script("predict.py", "--model", trained, *flags, *DESCRIPTIONS)
         assert expected.returncode == 0, expected.stderr
         response = tag(server, **body)
         assert response.status_code == 200, response.text
         assert response.json()["results"] == [json.loads(line) for line in expected.stdout.splitlines()]
+        if threshold == 0.99:  # nothing that likely: the two most probable genres, below the threshold
+            assert all(len(r["genres"]) == 2 for r in response.json()["results"])
+        if threshold == 0.01:
+            assert all(len(r["genres"]) == 1 for r in response.json()["results"])
+    for counts, says in (
+        ({"top_k": 2, "max_genres": 3}, "same setting"),
+        ({"min_genres": 3, "max_genres": 2}, "exceeds"),
+    ):
+        refused = tag(server, descriptions=DESCRIPTIONS, **counts)
+        assert refused.status_code == 422 and says in refused.json()["error"]
     results = tag(server, descriptions=DESCRIPTIONS, threshold=0.01).json()["results"]
     assert results[1]["description"] == "Two strangers fall in love during one night in Vienna."
     assert len(results[2]["genres"]) == len(labels_of(trained))  # the long one is tagged on its first tokens
@@ -556,7 +570,12 @@ def test_page_tags_a_description_and_the_slider_remarks_it(server, browser):
     top_width = bars[0][2].find_element(By.CSS_SELECTOR, ".fill").size["width"]
     low_width = bars[-1][2].find_element(By.CSS_SELECTOR, ".fill").size["width"]
     assert top_width > low_width > 0
-    assert tagged_genres(browser) == [g for g, p, _ in bars if p >= 0.3]
+    # First the run's default decisions: each genre at its own (calibrated) threshold, as predict.py tags.
+    defaults = server.client.get("/v1/model").json()["thresholds"]["default_per_label"]
+    by_run = [g for g, p, _ in bars if p >= defaults[g]]
+    assert tagged_genres(browser) == by_run
+    assert browser.find_element(By.ID, "threshold-value").text == "the run's default decisions"
+    assert set(by_run) == {g["genre"] for g in tag(server, descriptions=[description]).json()["results"][0]["genres"]}
 
     requests_before = server.client.get("/v1/stats").json()["requests"]
     slider = browser.find_element(By.ID, "threshold")
@@ -574,6 +593,9 @@ def test_page_tags_a_description_and_the_slider_remarks_it(server, browser):
         f"{middle:.2f}",
     )
     assert tagged_genres(browser) == [g for g, p, _ in bars if p >= float(f"{middle:.2f}")]
+    browser.find_element(By.ID, "use-defaults").click()  # back to the run's own decisions
+    wait_for(browser, lambda d: d.find_element(By.ID, "threshold-value").text == "the run's default decisions")
+    assert tagged_genres(browser) == by_run
     assert server.client.get("/v1/stats").json()["requests"] == requests_before  # no new request
 
 

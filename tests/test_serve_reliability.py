@@ -47,7 +47,7 @@ class FakeTagger:
 def fake_run(tagger):
     description = {"run": "fake", "base_model": "fake", "genres": 2, "onnx_variant": "int8"}
     description.update(model_sha256="0" * 64, max_tokens=MAX_TOKENS, verified=True, metrics={}, settings={})
-    return ServedRun(["Action", "Drama"], {}, {}, description, tagger)
+    return ServedRun(["Action", "Drama"], {"default": 0.3}, {"default": 0.3}, description, tagger)
 
 
 class LiveServer:

@@ -1,5 +1,6 @@
-// The page at /: sends the description to POST /v1/tag once, then re-marks the bars locally when the
-// threshold slider moves (every genre's probability is in the response). It asks for explanations of every
+// The page at /: sends the description to POST /v1/tag once, then marks the bars locally: first by the
+// run's default decisions (each genre's own threshold, from GET /v1/model), then at the slider's one
+// threshold once it moves (every genre's probability is in the response). It asks for explanations of every
 // genre at or above 0.01 too: clicking a genre highlights its words, green up, red down.
 "use strict";
 
@@ -14,7 +15,11 @@ const slider = document.getElementById("threshold");
 const sliderValue = document.getElementById("threshold-value");
 const summary = document.getElementById("summary");
 const words = document.getElementById("words");
+const defaultsButton = document.getElementById("use-defaults");
 const EXPLAIN_AT = 0.01; // genres explained: every one at or above this
+
+let defaultCut = null; // genre -> the run's default threshold for it (from GET /v1/model), once known
+let useDefaults = true; // until the slider moves
 
 let probabilities = null; // [[genre, probability], ...] highest first
 let explained = null; // {description, truncated, genres: {genre: {up, down}}}
@@ -111,18 +116,22 @@ function highlight() {
 
 function mark() {
   const threshold = Number(slider.value);
-  sliderValue.textContent = threshold.toFixed(2);
+  const byRun = useDefaults && defaultCut !== null;
+  sliderValue.textContent = byRun ? "the run's default decisions" : threshold.toFixed(2);
+  defaultsButton.disabled = byRun || defaultCut === null;
   if (!probabilities) return;
   const tagged = [];
   for (const item of bars.children) {
-    const isTagged = Number(item.dataset.probability) >= threshold;
+    const cut = byRun ? defaultCut(item.dataset.genre) : threshold;
+    const isTagged = Number(item.dataset.probability) >= cut;
     item.classList.toggle("tagged", isTagged);
-    item.querySelector(".cut").style.left = `${(threshold * 100).toFixed(1)}%`;
+    item.querySelector(".cut").style.left = `${(cut * 100).toFixed(1)}%`;
     if (isTagged) tagged.push(item.dataset.genre);
   }
+  const rule = byRun ? "by the run's default decisions" : `at ${threshold.toFixed(2)}`;
   summary.textContent = tagged.length
-    ? `Tagged at ${threshold.toFixed(2)}: ${tagged.join(", ")}`
-    : `No genre at or above ${threshold.toFixed(2)}; the most likely is ${probabilities[0][0]}.`;
+    ? `Tagged ${rule}: ${tagged.join(", ")}`
+    : `No genre tagged ${rule}; the most likely is ${probabilities[0][0]}.`;
 }
 
 async function tag() {
@@ -173,6 +182,10 @@ async function describeModel() {
     const response = await fetch("/v1/model");
     if (!response.ok) return;
     const model = await response.json();
+    const saved = model.thresholds || {};
+    if (saved.default_per_label) defaultCut = (genre) => saved.default_per_label[genre];
+    else if (typeof saved.default === "number") defaultCut = () => saved.default;
+    mark();
     const f1 = model.metrics && model.metrics.test ? `, test macro-F1 ${model.metrics.test.macro_f1.toFixed(3)}` : "";
     document.getElementById("model-line").textContent =
       `Tags a movie's plot description with every genre that fits. Model: ${model.base_model} (${model.genres} genres${f1}).`;
@@ -197,5 +210,12 @@ example.addEventListener("change", () => {
     tag();
   }
 });
-slider.addEventListener("input", mark);
+slider.addEventListener("input", () => {
+  useDefaults = false;
+  mark();
+});
+defaultsButton.addEventListener("click", () => {
+  useDefaults = true;
+  mark();
+});
 describeModel();
