@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from genre_tagger import UserError, distributed, save
-from genre_tagger.settings import build_train_parser, split_problem, train_settings_problem
+from genre_tagger.settings import build_train_parser, goals_problem, split_problem, train_settings_problem
 
 # %% [markdown]
 # ## Settings
@@ -159,6 +159,8 @@ else:
 texts = movies["text"].tolist()
 train_texts, Y_train = [texts[i] for i in train_idx], Y[train_idx]
 val_texts, Y_val = [texts[i] for i in val_idx], Y[val_idx]
+if problem := goals_problem(args.threshold_goal, labels):
+    raise UserError(problem)
 print(f"train {len(train_idx)} | validation {len(val_idx)} | test {len(Y_test)} rows")
 print("positives per genre (train / validation / test):")
 print(

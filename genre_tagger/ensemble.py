@@ -49,6 +49,7 @@ from genre_tagger.save import (
     zip_folder,
     zip_replace_problem,
 )
+from genre_tagger.settings import goals_problem
 
 MEMBER_FILES = ("config.json", "tokenizer.json", "thresholds.json", "train_config.json", CALIBRATION_FILE)
 SPLIT_COLUMNS = ["split", "labels", "text"]
@@ -102,10 +103,8 @@ def settings_problem(args):
         return "--weights must be positive numbers (up to 1e6)"
     if not is_probability(args.threshold):
         return f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}"
-    try:
-        parse_goals(args.threshold_goal)
-    except ValueError as err:
-        return f"--threshold-goal: {err}"
+    if problem := goals_problem(args.threshold_goal):
+        return f"--threshold-goal: {problem}"
     output = Path(args.output)
     if output.name in ("", ".", ".."):
         return f"--output must name a run folder, not {args.output!r}"
@@ -201,6 +200,8 @@ def main(argv=None):
     with ExitStack() as stack:
         opened = [stack.enter_context(Run.open(run)) for run in args.runs]
         labels = check_members(opened)  # before anything is written
+        if problem := goals_problem(args.threshold_goal, labels):
+            raise UserError(problem)
         staged = staging_folder(output)
         stack.callback(remove_own, staged)
         members = []

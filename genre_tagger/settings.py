@@ -95,13 +95,16 @@ def train_settings_problem(args, cores=None):
     )
 
 
-def goals_problem(items):
+def goals_problem(items, labels=None):
+    """What is wrong with --threshold-goal's items (syntax; with `labels`, genres the run does not tag), or None."""
     from genre_tagger.metrics import parse_goals
 
     try:
-        parse_goals(items)
+        goals = parse_goals(items)
     except ValueError as err:
         return str(err)
+    if labels is not None and (unknown := sorted(set(goals) - {"*", *labels})):
+        return f"--threshold-goal names {', '.join(unknown)}, not among the genres: {', '.join(labels)}"
     return None
 
 

@@ -341,6 +341,9 @@ def test_run_files_have_one_mode(trained):
         (["--max-length", "100000"], "--max-length"),
         (["--folds", "1000"], "--folds"),
         (["--warmup-ratio", "1"], "--warmup-ratio"),
+        (["--threshold-goal", "precision>0.9"], "--threshold-goal"),
+        (["--threshold-goal", "=recall>=0.8"], "--threshold-goal"),
+        (["--calibrate", "isotonic"], "--calibrate"),
     ],
 )
 def test_train_settings_are_checked_before_work(flags, fragment):
@@ -367,6 +370,10 @@ def test_train_data_problems_are_one_line(tmp_path, imdb_csv):
         "train.py", "--data", imdb_csv, "--limit", "60", "--val-fraction", "0.01", "--output", tmp_path / "r"
     )
     one_line_error(result, "leave a split without rows")
+    assert not (tmp_path / "r").exists()
+    goal = ["--threshold-goal", "precision>=0.9", "Horor=f1"]  # a misspelt genre, known only once the data is read
+    result = run_script("train.py", "--data", imdb_csv, "--limit", "60", *goal, "--output", tmp_path / "r")
+    one_line_error(result, "names Horor, not among the genres")
     assert not (tmp_path / "r").exists()
 
 
