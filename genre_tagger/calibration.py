@@ -167,8 +167,9 @@ def fold_into(linear, calibration):
     """Fold the per-genre affine map into the classifier's last torch.nn.Linear (its outputs are the logits)."""
     import torch
 
-    scale = torch.as_tensor(calibration["scale"], dtype=linear.weight.dtype)
-    shift = torch.as_tensor(calibration["shift"], dtype=linear.weight.dtype)
+    weight = linear.weight  # on whatever device the model was trained on
+    scale = torch.as_tensor(calibration["scale"], dtype=weight.dtype, device=weight.device)
+    shift = torch.as_tensor(calibration["shift"], dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         linear.weight.mul_(scale.unsqueeze(1))
         linear.bias.mul_(scale).add_(shift)

@@ -123,17 +123,18 @@ def goal_threshold(y_true, probabilities, goal, grid=GOAL_GRID):
     kind, target = parse_goal(goal)
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(probabilities, dtype=np.float64)
-    chosen = None
+    chosen, chosen_rows = None, 0
     for t in grid[::-1] if kind == "precision" else grid:
         kept = p >= t
         if kind == "precision":
-            if not kept.any():
+            if kept.sum() < GOAL_MIN_ROWS:  # too few rows to judge by, either way: look lower
                 continue
             estimate = _smoothed(y[kept].sum(), kept.sum(), p[kept].mean())
             if estimate < target or not y[kept].any():  # the model's word alone never reaches a goal
                 break
-            if kept.sum() < GOAL_MIN_ROWS:  # too few rows to count on yet: look lower
-                continue
+            if kept.sum() == chosen_rows:  # the same rows as a higher threshold: keep that one (unseen scores
+                continue  # between the two have no held-out evidence)
+            chosen_rows = kept.sum()
         else:
             estimate = _smoothed(y[kept].sum(), y.sum(), p[kept].sum() / max(p.sum(), 1e-12))
             if estimate < target:

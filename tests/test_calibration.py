@@ -122,6 +122,10 @@ def test_a_precision_goal_is_met_on_the_rows_or_the_genre_is_not_tagged():
     assert record["reached"] and y[kept].mean() >= 0.75 and record["precision"] == pytest.approx(y[kept].mean())
     # Every threshold above the chosen one holds the goal too (no lucky single row opens the door lower).
     assert record["threshold"] < 0.9
+    # The very top rows are too few to judge by: one wrong row above all the others neither reaches nor blocks.
+    y_top, p_top = np.r_[False, np.ones(30, bool), np.zeros(30, bool)], np.r_[0.99, np.full(30, 0.9), np.full(30, 0.1)]
+    assert goal_threshold(y_top, p_top, "precision>=0.9")["threshold"] == pytest.approx(0.9)
+    assert goal_threshold(y_top[:4], p_top[:4], "precision>=0.5")["threshold"] is None  # 4 rows: no evidence
     unreachable = goal_threshold(np.zeros(50, bool), np.linspace(0.01, 0.99, 50), "precision>=0.9")
     assert unreachable["threshold"] is None and not unreachable["reached"]
     assert unreachable["best_precision"]["precision"] == 0.0
