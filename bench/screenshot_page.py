@@ -28,7 +28,11 @@ def main():
         default="A retired hitman seeks revenge on the gangsters who killed his dog.",
         help="what the screenshot tags (default: %(default)s)",
     )
-    p.add_argument("--threshold", default="0.30", help="slider position in the screenshot (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        default=None,
+        help="move the slider to this threshold for the screenshot (default: the run's default decisions)",
+    )
     p.add_argument("--output", default="docs", help="folder for the PNG files (default: %(default)s)")
     args = p.parse_args()
     from selenium import webdriver
@@ -62,11 +66,12 @@ def main():
             driver.find_element(By.ID, "description").send_keys(args.description)
             driver.find_element(By.ID, "submit").click()
             WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#bars li"))
-            driver.execute_script(
-                "const s = document.getElementById('threshold'); s.value = arguments[0];"
-                " s.dispatchEvent(new Event('input'));",
-                args.threshold,
-            )
+            if args.threshold is not None:
+                driver.execute_script(
+                    "const s = document.getElementById('threshold'); s.value = arguments[0];"
+                    " s.dispatchEvent(new Event('input'));",
+                    args.threshold,
+                )
             height = driver.execute_script("return document.documentElement.scrollHeight;")
             driver.execute_cdp_cmd(  # the whole page in one picture, not only the window
                 "Emulation.setDeviceMetricsOverride",

@@ -359,7 +359,8 @@ def export_run(folder, max_tolerated_f1_drop=0.01, min_decision_agreement=0.98, 
         config, labels = run.config, run.labels
         settings = run.train_config["settings"]
         tokenizer_bytes = run.read("tokenizer.json")
-    threshold, max_length = settings["threshold"], settings["max_length"]
+        threshold = run.thresholds_for("default")  # the run's default decisions (per genre when calibrated)
+    max_length = settings["max_length"]
     info = export_onnx(folder, max_length, quantize=False, config=config)
     split = read_split(folder / "split.csv")
     validation = split[split["split"] == "validation"]
