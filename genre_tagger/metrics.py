@@ -149,9 +149,10 @@ def goal_threshold(y_true, probabilities, goal, grid=GOAL_GRID):
     kept = p >= (chosen if chosen is not None else np.inf)
     result["precision"] = float(y[kept].mean()) if kept.any() else None
     result["recall"] = float(y[kept].sum() / y.sum()) if y.any() else None
-    if chosen is None:  # what the rows did reach: the best counted precision with at least one row kept
-        best = max(((y[p >= t].mean(), float(t)) for t in grid if (p >= t).any()), default=None)
-        result["best_precision"] = None if best is None else {"precision": float(best[0]), "threshold": best[1]}
+    if chosen is None:  # what the rows did reach: the best counted precision on enough rows to count
+        counted = [(y[p >= t].mean(), float(t), int((p >= t).sum())) for t in grid if (p >= t).sum() >= GOAL_MIN_ROWS]
+        best = max(counted, default=None)
+        result["best_precision"] = None if best is None else dict(zip(("precision", "threshold", "rows"), best))
     return result
 
 
