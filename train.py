@@ -274,8 +274,8 @@ print(
 # %% [markdown]
 # ## Evaluate
 # Thresholds are tuned on validation only, on the calibrated scale: one global value, and one per genre for
-# its `--threshold-goal` (F1 where validation has at least 5 positives; a precision or recall goal, with
-# what it reached), then everything is measured once on the test rows. ROC-AUC is computed on
+# its `--threshold-goal` (F1 where validation has at least 5 positives, else the default decision; a
+# precision or recall goal, with what it reached), then everything is measured once on the test rows. ROC-AUC is computed on
 # probabilities; a genre with no positive in the test rows has no ROC-AUC and is counted as skipped.
 # The TF-IDF baseline and the trivial most-frequent-genres baseline are scored on the same rows.
 # Macro-F1 averages F1 over genres (each counts the same), micro-F1 pools every genre decision, and
@@ -283,7 +283,8 @@ print(
 # its cost where it beats the baselines on the same rows.
 
 # %%
-tuned = gmetrics.tune_thresholds(Y_val, P_val, labels, goals=gmetrics.parse_goals(args.threshold_goal))
+goals = gmetrics.parse_goals(args.threshold_goal)
+tuned = gmetrics.tune_thresholds(Y_val, P_val, labels, goals=goals, fallback=default_thresholds)
 per_label_thresholds = [tuned["per_label"][g] for g in labels]
 
 baseline = fit_baseline(train_texts, Y_train, args.seed)

@@ -266,7 +266,8 @@ def main(argv=None):
         calibration = gcal.fit(gcal.logits_of(raw_val), Y_val, args.calibrate, offsets=offsets)
         P_val, P_test = (gcal.apply_to_probabilities(raw, calibration) for raw in (raw_val, raw_test))
         default_thresholds = gcal.map_threshold(args.threshold, calibration)
-        tuned = tune_thresholds(Y_val, P_val, labels, goals=parse_goals(args.threshold_goal))
+        goals = parse_goals(args.threshold_goal)
+        tuned = tune_thresholds(Y_val, P_val, labels, goals=goals, fallback=default_thresholds)
         if unreached := [g for g, record in tuned["goals"].items() if not record["reached"]]:
             note(
                 f"on the {len(validation)} validation rows no threshold reaches the goal of {', '.join(unreached)}; "

@@ -156,13 +156,15 @@ def goal_threshold(y_true, probabilities, goal, grid=GOAL_GRID):
     return result
 
 
-def tune_thresholds(y_true, probabilities, labels, min_positives=5, grid=THRESHOLD_GRID, goals=None):
+def tune_thresholds(y_true, probabilities, labels, min_positives=5, grid=THRESHOLD_GRID, goals=None, fallback=None):
     """Choose thresholds on validation rows.
 
     Returns {"global": t, "per_label": {label: t}, "goals": {label: record}}: the global threshold maximises
     macro-F1; a label's own threshold follows its goal (`goals`: {"*" or label: "f1" | "precision>=P" |
-    "recall>=R"}, default f1). For f1 it maximises the label's F1, but only where validation holds at least
-    `min_positives` of it: with fewer, its best threshold is noise and the global one is used instead.
+    "recall>=R"}, default f1). For f1 it maximises the label's F1 over GOAL_GRID (calibrated rare genres
+    need thresholds below 0.05), but only where validation holds at least `min_positives` of it: with fewer,
+    its best threshold is noise and `fallback` is kept instead (per label: the run's default decisions),
+    or the global threshold.
     A precision or recall goal no threshold reaches has threshold None: the genre is not tagged with
     these thresholds (the record says so, with what the rows reached).
     """
@@ -181,10 +183,10 @@ def tune_thresholds(y_true, probabilities, labels, min_positives=5, grid=THRESHO
             per_label[label] = records[label]["threshold"]
             continue
         if y_true[:, j].sum() < min_positives:
-            per_label[label] = global_threshold
+            per_label[label] = float(fallback[j]) if fallback is not None else global_threshold
         else:
-            scores = [f1_score(y_true[:, j], probabilities[:, j] >= t, zero_division=0) for t in grid]
-            per_label[label] = float(grid[int(np.argmax(scores))])
+            scores = [f1_score(y_true[:, j], probabilities[:, j] >= t, zero_division=0) for t in GOAL_GRID]
+            per_label[label] = float(GOAL_GRID[int(np.argmax(scores))])
         kept = probabilities[:, j] >= per_label[label]
         records[label] = {
             "goal": "f1",

@@ -92,8 +92,9 @@ def test_ctrl_c_is_one_line_exit_130():
 def test_sigterm_and_sighup_unwind_like_ctrl_c(signum):
     """`timeout`, a scheduler or a closed terminal: clean-ups run (no partial file is left), one line."""
     process = subprocess.Popen(
-        [sys.executable, "-c", SHELL, "sleep"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", SHELL, "sleep"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # under nohup it would be ignored, rightly
+    )  # fmt: skip
     assert process.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     process.send_signal(signum)

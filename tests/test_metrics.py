@@ -67,3 +67,17 @@ def test_tune_thresholds_falls_back_to_global_for_rare_labels():
     assert 0.55 <= tuned["per_label"]["common"] <= 0.65
     assert tuned["per_label"]["rare"] == tuned["global"]
     assert tuned["global"] in metrics.THRESHOLD_GRID
+    # With the run's default decisions as the fallback, a rare label keeps its own default threshold.
+    with_fallback = metrics.tune_thresholds(y, p, ["common", "rare"], min_positives=5, fallback=[0.3, 0.04])
+    assert (
+        with_fallback["per_label"]["rare"] == 0.04
+        and with_fallback["per_label"]["common"] == tuned["per_label"]["common"]
+    )
+
+
+def test_f1_tuning_reaches_below_the_global_grid_for_calibrated_rare_genres():
+    y = np.array([1] * 6 + [0] * 94)
+    p = np.r_[np.full(6, 0.03), np.full(94, 0.01)]  # calibrated: a rare genre's probabilities are small
+    assert metrics.tune_thresholds(y[:, None], p[:, None], ["rare"])["per_label"]["rare"] == pytest.approx(
+        0.02, abs=0.011
+    )
