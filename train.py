@@ -273,13 +273,13 @@ print(
 
 # %% [markdown]
 # ## Evaluate
-# Thresholds are tuned on validation only, on the calibrated scale: one global value, and one per genre for
-# its `--threshold-goal` (F1 where validation has at least 5 positives, else the default decision; a
-# precision or recall goal, with what it reached), then everything is measured once on the test rows. ROC-AUC is computed on
-# probabilities; a genre with no positive in the test rows has no ROC-AUC and is counted as skipped.
-# The TF-IDF baseline and the trivial most-frequent-genres baseline are scored on the same rows.
-# Macro-F1 averages F1 over genres (each counts the same), micro-F1 pools every genre decision, and
-# the Hamming loss is the share of wrong genre decisions (lower is better); the fine-tuned model earns
+# Thresholds are tuned on validation only, on the calibrated scale: one global value, and one per genre
+# for its `--threshold-goal` (F1 where validation has at least 5 positives, else the default decision; a
+# precision or recall goal, with what it reached); then everything is measured once on the test rows.
+# ROC-AUC is computed on probabilities; a genre with no positive in the test rows has no ROC-AUC and is
+# counted as skipped. The TF-IDF baseline and the trivial most-frequent-genres baseline are scored on the
+# same rows. Macro-F1 averages F1 over genres (each counts the same), micro-F1 pools every genre decision,
+# and the Hamming loss is the share of wrong genre decisions (lower is better); the fine-tuned model earns
 # its cost where it beats the baselines on the same rows.
 
 # %%
@@ -318,9 +318,8 @@ rows = {
 }
 summary_table = pd.DataFrame(rows).T[["macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss"]]
 print(f"test rows: {len(Y_test)}, default decisions (threshold {args.threshold}), tuned global {tuned['global']}")
-if unreached := [g for g, record in tuned["goals"].items() if not record["reached"]]:
-    print(f"note: on the {len(Y_val)} validation rows no threshold reaches the goal of {', '.join(unreached)}; "
-          "with --threshold tuned a precision goal's genre is not tagged (thresholds.json records what was reached)")  # fmt: skip
+if message := gmetrics.unreached_goals_note(tuned, len(Y_val)):
+    print(f"note: {message}")
 print(summary_table.round(4).to_string())
 
 # %% [markdown]

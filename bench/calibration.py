@@ -126,6 +126,8 @@ def compare_methods(run):
     _, p_test, _ = predicted(run, test, 0.3)
     y_val, y_test = truth(validation, labels), truth(test, labels)
     with Run.open(run) as opened:
+        if opened.calibration is not None and opened.calibration["method"] != "none":
+            sys.exit(f"{run} is calibrated already; --compare-methods needs runs trained with --calibrate none")
         offsets = np.log([opened.train_config["pos_weight"][g] for g in labels])
     rows = {}
     for method in gcal.METHODS:

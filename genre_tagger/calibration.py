@@ -40,18 +40,20 @@ def sigmoid(logits):
     return np.exp(-np.logaddexp(0.0, -np.asarray(logits, dtype=np.float64)))  # no overflow for any logit
 
 
-def expected_calibration_error(y_true, probabilities, bins=ECE_BINS):
-    """Sum over equal-width probability bins of (share of cells in the bin) x |positive rate - mean probability|."""
+def reliability_bins(y_true, probabilities, bins=ECE_BINS):
+    """Per non-empty equal-width probability bin, (cells, mean probability, positive rate); cells pooled."""
     y = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(probabilities, dtype=np.float64).ravel()
-    if not len(p):
-        return float("nan")
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
-    total = 0.0
-    for b in np.unique(which):
-        in_bin = which == b
-        total += in_bin.sum() * abs(y[in_bin].mean() - p[in_bin].mean())
-    return float(total / len(p))
+    return [(int((which == b).sum()), p[which == b].mean(), y[which == b].mean()) for b in np.unique(which)]
+
+
+def expected_calibration_error(y_true, probabilities, bins=ECE_BINS):
+    """Sum over equal-width probability bins of (share of cells in the bin) x |positive rate - mean probability|."""
+    counted = reliability_bins(y_true, probabilities, bins)
+    if not counted:
+        return float("nan")
+    return float(sum(cells * abs(rate - mean) for cells, mean, rate in counted) / sum(c for c, _, _ in counted))
 
 
 def calibration_report(y_true, probabilities, labels, bins=ECE_BINS):

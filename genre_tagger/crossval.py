@@ -32,7 +32,7 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
 
     output = Path(args.output)
     fold_results = []
-    out_of_fold = {"before": np.zeros(Y.shape), "after": np.zeros(Y.shape), "rows": []}
+    out_of_fold = {"raw": np.zeros(Y.shape), "after": np.zeros(Y.shape), "rows": []}  # logits, every row once
     for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
         inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.split_seed)
         tr, va = rest[inner_train], rest[inner_val]
@@ -52,14 +52,17 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
         raw_val = predict_logits(model, tokenizer, [texts[i] for i in va], args.max_length)
         raw_test = predict_logits(model, tokenizer, test_fold, args.max_length)
         calibration = gcal.fit(raw_val, Y[va], args.calibrate, offsets=offsets)
-        before, after = gcal.sigmoid(raw_test), gcal.sigmoid(gcal.apply(raw_test, calibration))
-        out_of_fold["before"][held_out], out_of_fold["after"][held_out] = before, after
+        out_of_fold["raw"][held_out], out_of_fold["after"][held_out] = raw_test, gcal.apply(raw_test, calibration)
         out_of_fold["rows"].extend(held_out)
+        reports = gcal.before_and_after({"test": (Y[held_out], raw_test)}, calibration, labels)
         result = {
-            "model": gmetrics.multilabel_metrics(Y[held_out], after, gcal.map_threshold(args.threshold, calibration)),
+            "model": gmetrics.multilabel_metrics(
+                Y[held_out],
+                gcal.sigmoid(out_of_fold["after"][held_out]),
+                gcal.map_threshold(args.threshold, calibration),
+            ),
             "calibration": {
-                stage: {k: gcal.calibration_report(Y[held_out], P, labels)[k] for k in CALIBRATION_KEYS}
-                for stage, P in (("before", before), ("after", after))
+                stage: {k: reports[f"test_{stage}"][k] for k in CALIBRATION_KEYS} for stage in ("before", "after")
             },
         }
         baseline_fold = fit_baseline([texts[i] for i in tr], Y[tr], args.seed)
@@ -80,17 +83,15 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
         }
         print(who.ljust(9), "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary[who].items()))
     rows = np.array(out_of_fold["rows"])
-    summary["calibration_out_of_fold"] = {
-        stage: {k: gcal.calibration_report(Y[rows], out_of_fold[stage][rows], labels)[k] for k in CALIBRATION_KEYS}
-        for stage in ("before", "after")
+    # Each fold has its own map, so the pooled figures compare the logits before and the calibrated ones after.
+    pooled = {
+        "out_of_fold_before": gcal.calibration_report(Y[rows], gcal.sigmoid(out_of_fold["raw"][rows]), labels),
+        "out_of_fold_after": gcal.calibration_report(Y[rows], gcal.sigmoid(out_of_fold["after"][rows]), labels),
     }
-    print(
-        f"calibration ({args.calibrate}), every row's out-of-fold probabilities, before -> after: "
-        + "  ".join(
-            f"{k} {summary['calibration_out_of_fold']['before'][k]:.4f} -> {summary['calibration_out_of_fold']['after'][k]:.4f}"
-            for k in CALIBRATION_KEYS
-        )
-    )
+    summary["calibration_out_of_fold"] = {
+        stage: {k: pooled[f"out_of_fold_{stage}"][k] for k in CALIBRATION_KEYS} for stage in ("before", "after")
+    }
+    print(f"calibration ({args.calibrate}), every row out-of-fold: {gcal.format_change(pooled, 'out_of_fold')}")
     cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
     cv_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(

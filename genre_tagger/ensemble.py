@@ -30,7 +30,14 @@ from genre_tagger.calibration import DEFAULT_METHOD, METHODS
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import note, write_json
 from genre_tagger.data import read_split
-from genre_tagger.metrics import DEFAULT_THRESHOLD, multilabel_metrics, parse_goals, per_label_report, tune_thresholds
+from genre_tagger.metrics import (
+    DEFAULT_THRESHOLD,
+    multilabel_metrics,
+    parse_goals,
+    per_label_report,
+    tune_thresholds,
+    unreached_goals_note,
+)
 from genre_tagger.run import (
     CALIBRATION_FILE,
     ENSEMBLE_FILE,
@@ -268,14 +275,11 @@ def main(argv=None):
         default_thresholds = gcal.map_threshold(args.threshold, calibration)
         goals = parse_goals(args.threshold_goal)
         tuned = tune_thresholds(Y_val, P_val, labels, goals=goals, fallback=default_thresholds)
-        if unreached := [g for g, record in tuned["goals"].items() if not record["reached"]]:
-            note(
-                f"on the {len(validation)} validation rows no threshold reaches the goal of {', '.join(unreached)}; "
-                "with --threshold tuned a precision goal's genre is not tagged (thresholds.json records what was reached)"
-            )
-        member_test = [
-            multilabel_metrics(Y_test, member.probabilities(test["text"].tolist()), args.threshold)
-            for member in tagger.members
+        if message := unreached_goals_note(tuned, len(validation)):
+            note(message)
+        member_test = [  # each member alone, at its own default decisions
+            multilabel_metrics(Y_test, member.probabilities(test["text"].tolist()), run.thresholds_for("default"))
+            for member, run in zip(tagger.members, opened)
         ]
         evaluation = {
             "validation": multilabel_metrics(Y_val, P_val, default_thresholds),
@@ -306,14 +310,11 @@ def main(argv=None):
                 "tuned_thresholds": tuned,
                 "calibration": {
                     "method": args.calibrate,
-                    **{
-                        f"{rows}_{stage}": gcal.calibration_report(Y, P, labels)
-                        for rows, Y, raw, P in (
-                            ("validation", Y_val, raw_val, P_val),
-                            ("test", Y_test, raw_test, P_test),
-                        )
-                        for stage, P in (("before", raw), ("after", P))
-                    },
+                    **gcal.before_and_after(
+                        {"validation": (Y_val, gcal.logits_of(raw_val)), "test": (Y_test, gcal.logits_of(raw_test))},
+                        calibration,
+                        labels,
+                    ),
                 },
                 "base_model": train_config["base_model"],
                 "scored_with": "predict.py's probabilities: each member's default ONNX model, weighted mean, calibrated",

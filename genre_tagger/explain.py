@@ -75,8 +75,8 @@ def explain(tagger, texts, thresholds, top_k=None, words=DEFAULT_WORDS, probabil
     """Per text: {"truncated": bool, "genres": [{"genre", "probability", "up": [...], "down": [...]}, ...]}.
 
     Genres are those at or above `thresholds` (a number, or per-genre as Run.thresholds_for returns them),
-    highest first, at most `top_k` and at least `min_genres` (as metrics.decode tags them); `probabilities` (the tags already computed for `texts`) choose them when
-    given, so the explained genres are the tagged ones. "up"/"down": at most `words` words each,
+    highest first, at most `top_k` and at least `min_genres` (as metrics.decode tags them); `probabilities`
+    (the tags already computed for `texts`) choose them when given, so the explained genres are the tagged ones. "up"/"down": at most `words` words each,
     {"word", "start", "end", "score"}, strongest first; score = p(text) - p(text without the word).
     """
     from genre_tagger.metrics import decode

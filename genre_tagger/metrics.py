@@ -106,19 +106,19 @@ def parse_goals(items):
     return goals
 
 
-def _smoothed(hits, count, expected, prior_rows=GOAL_PRIOR_ROWS):
-    return (hits + prior_rows * expected) / (count + prior_rows)
+def _smoothed(hits, count, expected):
+    return (hits + GOAL_PRIOR_ROWS * expected) / (count + GOAL_PRIOR_ROWS)
 
 
 def goal_threshold(y_true, probabilities, goal, grid=GOAL_GRID):
     """The threshold meeting a precision or recall goal on held-out rows of one genre.
 
     precision>=P: the lowest threshold from which precision stays at or above P all the way up (so one
-    lucky row cannot open the door below), keeping at least GOAL_MIN_ROWS rows; recall>=R: the highest threshold keeping recall at or above R.
-    Both are counted on the rows, smoothed by GOAL_PRIOR_ROWS rows of the (calibrated) probabilities'
-    own estimate. Returns {"threshold", "precision", "recall", "reached", ...}: an unreachable precision goal
-    has threshold None (never tagged), an unreachable recall goal the lowest threshold of the grid;
-    precision and recall counted on the rows at that threshold.
+    lucky row cannot open the door below), keeping at least GOAL_MIN_ROWS rows; recall>=R: the highest
+    threshold keeping recall at or above R. Both are counted on the rows, smoothed by GOAL_PRIOR_ROWS rows
+    of the (calibrated) probabilities' own estimate. Returns {"threshold", "precision", "recall", "reached",
+    ...}: an unreachable precision goal has threshold None (never tagged), an unreachable recall goal the
+    lowest threshold of the grid; precision and recall counted on the rows at that threshold.
     """
     kind, target = parse_goal(goal)
     y = np.asarray(y_true).astype(bool)
@@ -197,6 +197,17 @@ def tune_thresholds(y_true, probabilities, labels, min_positives=5, grid=THRESHO
             "recall": float(y_true[kept, j].sum() / y_true[:, j].sum()) if y_true[:, j].any() else None,
         }
     return {"global": global_threshold, "per_label": per_label, "min_positives": min_positives, "goals": records}
+
+
+def unreached_goals_note(tuned, rows):
+    """The one line saying which genres' goals no threshold reached on `rows` held-out rows, or None."""
+    unreached = [genre for genre, record in tuned["goals"].items() if not record["reached"]]
+    if not unreached:
+        return None
+    return (
+        f"on the {rows} validation rows no threshold reaches the goal of {', '.join(unreached)}; with "
+        "--threshold tuned a precision goal's genre is not tagged (thresholds.json records what was reached)"
+    )
 
 
 def as_cutoffs(thresholds):

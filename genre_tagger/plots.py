@@ -81,19 +81,13 @@ def cooccurrence(label_matrix, labels, path):
 
 def reliability(y_true, before, after, path, bins=15):
     """Reliability diagram of every row x genre cell: positive rate against mean probability per bin."""
-    y = np.asarray(y_true, dtype=np.float64).ravel()
+    from genre_tagger.calibration import reliability_bins
+
     fig, ax = _figure((5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for name, probabilities, marker in (("uncalibrated", before, "o"), ("calibrated", after, "s")):
-        p = np.asarray(probabilities, dtype=np.float64).ravel()
-        which = np.minimum((p * bins).astype(np.int64), bins - 1)
-        kept = [b for b in range(bins) if (which == b).any()]
-        ax.plot(
-            [p[which == b].mean() for b in kept],
-            [y[which == b].mean() for b in kept],
-            marker=marker,
-            label=name,
-        )
+        _, means, rates = zip(*reliability_bins(y_true, probabilities, bins))
+        ax.plot(means, rates, marker=marker, label=name)
     ax.set_xlabel("mean predicted probability in the bin")
     ax.set_ylabel("share of the bin that has the genre")
     ax.set_xlim(0, 1)

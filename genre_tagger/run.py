@@ -41,7 +41,6 @@ from pathlib import Path, PurePosixPath
 
 from genre_tagger import UserError
 from genre_tagger.common import first_line, printable, sha256_of
-from genre_tagger.metrics import DEFAULT_THRESHOLD
 
 DEFAULT_RUN = Path("models/genre-classifier")
 MANIFEST = "manifest.json"
@@ -106,6 +105,8 @@ def thresholds_from(saved, labels, choice, flag="--threshold"):
     if choice == "default":  # the run's default decisions; a calibrated run keeps them per genre
         if isinstance(saved.get("default_per_label"), dict):
             return [saved["default_per_label"][label] for label in labels]
+        from genre_tagger.metrics import DEFAULT_THRESHOLD  # imported here: opening a run needs no numpy
+
         return saved.get("default", DEFAULT_THRESHOLD)
     if choice == "tuned":  # None: a goal no threshold reached on held-out rows, so the genre is never tagged
         per_label = saved.get("per_label")

@@ -36,6 +36,7 @@ def _first_problem(checks):
 def train_settings_problem(args, cores=None):
     """What is wrong with train.py's numeric settings, or None. Row-count checks come after loading the data."""
     cores = cores or available_cores()
+    goal_problem = goals_problem(args.threshold_goal)
     return _first_problem(
         [
             (_in(args.epochs, 1, 10_000), f"--epochs must be between 1 and 10000, not {args.epochs}"),
@@ -90,7 +91,7 @@ def train_settings_problem(args, cores=None):
                 "--text-column and --label-column must name a column",
             ),
             (Path(args.output).name not in ("", ".", ".."), f"--output must name a run folder, not {args.output!r}"),
-            (goals_problem(args.threshold_goal) is None, f"--threshold-goal: {goals_problem(args.threshold_goal)}"),
+            (goal_problem is None, f"--threshold-goal: {goal_problem}"),
         ]
     )
 

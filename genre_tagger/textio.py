@@ -41,8 +41,12 @@ def warn_unknown(tagger, texts, numbers):
 
 def threshold_words(choice):
     """How a threshold choice reads in a sentence: 'at or above 0.5', 'at or above the default thresholds'."""
-    named = {"default": "the run's default thresholds", "tuned": "the tuned thresholds"}
-    return named.get(choice, "the tuned global threshold" if choice == "tuned-global" else str(choice))
+    named = {
+        "default": "the run's default thresholds",
+        "tuned": "the tuned thresholds",
+        "tuned-global": "the tuned global threshold",
+    }
+    return named.get(choice, str(choice))
 
 
 def format_genres(genres, threshold_text, probabilities_row, labels):
