@@ -93,7 +93,7 @@ def parse_goal(text):
 
 def parse_goals(items):
     """--threshold-goal's items: 'GOAL' for every genre, 'Genre=GOAL' for one -> {"*" or genre: normalised goal}."""
-    goals = {"*": "f1"}
+    goals, given = {"*": "f1"}, set()
     for item in items:
         genre, goal = "*", item
         cut = next((i for i, ch in enumerate(item) if ch == "=" and (i == 0 or item[i - 1] != ">")), None)
@@ -102,6 +102,9 @@ def parse_goals(items):
             if not genre:
                 raise ValueError(f"{item!r} names no genre before '='; write it like Horror=precision>=0.9")
         kind, target = parse_goal(goal)
+        if genre in given:
+            raise ValueError(f"{'every genre' if genre == '*' else genre} is given two goals; give each one once")
+        given.add(genre)
         goals[genre] = "f1" if kind == "f1" else f"{kind}>={target:g}"
     return goals
 

@@ -111,6 +111,10 @@ def test_goals_parse_globally_and_per_genre():
     for bad in ["precision>0.9", "=f1", "recall>=1.5", "accuracy>=0.5", "precision>=x"]:
         with pytest.raises(ValueError):
             parse_goals([bad])
+    with pytest.raises(ValueError, match="Drama is given two goals"):
+        parse_goals(["Drama=f1", "Drama=precision>=0.9"])
+    with pytest.raises(ValueError, match="every genre is given two goals"):
+        parse_goals(["f1", "recall>=0.8"])
 
 
 def test_a_precision_goal_is_met_on_the_rows_or_the_genre_is_not_tagged():
