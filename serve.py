@@ -100,6 +100,20 @@ def build_parser():
         default=5,
         help="whole seconds an idle keep-alive connection is kept open waiting for its next request (default: %(default)s)",
     )
+    p.add_argument(
+        "--review",
+        metavar="DB",
+        default=None,
+        help="review store (a SQLite file, created on first use, or a SQLAlchemy URL): adds the review page at /review "
+        "and /v1/review/... (see python -m genre_tagger.review)",
+    )
+    p.add_argument(
+        "--review-strategy",
+        choices=["uncertain", "audit", "import"],
+        default="uncertain",
+        help="which title the review queue offers next: uncertain (closest to a genre's default threshold), audit "
+        "(most likely mislabelled) or import order (default: %(default)s)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     return p
 
@@ -118,6 +132,11 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     listening = _listen(args.host, args.port)  # before the (slow) model load: a busy port fails at once
+    review = None
+    if args.review:
+        from genre_tagger.review import ReviewStore
+
+        review = ReviewStore.open(args.review)
     run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads, spinning=args.spin)
     app = create_app(
         run,
@@ -126,12 +145,15 @@ def main(argv=None):
         batch_size=args.batch_size,
         max_descriptions=args.max_descriptions,
         max_body_bytes=args.max_body_kb * 1024,
+        review=review,
+        review_strategy=args.review_strategy,
     )
     port = listening.getsockname()[1]
     unverified = "" if run.description.get("verified", True) else "; files NOT verified: the run has no manifest.json"
+    reviewing = f"; review page: http://{args.host}:{port}/review ({review.shown})" if review else ""
     print(
         f"serving {args.model} ({run.description['base_model']}, ONNX {run.description['onnx_variant']}, "
-        f"{len(run.labels)} genres{unverified}) on http://{args.host}:{port}/ (API docs: /docs)",
+        f"{len(run.labels)} genres{unverified}) on http://{args.host}:{port}/ (API docs: /docs){reviewing}",
         file=sys.stderr,
         flush=True,
     )
@@ -155,6 +177,8 @@ def main(argv=None):
             raise
     finally:
         listening.close()
+        if review is not None:
+            review.close()
     print(stopped_message(app.cut_off, args.graceful_timeout_s), file=sys.stderr, flush=True)
 
 

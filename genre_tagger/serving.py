@@ -620,8 +620,11 @@ def _validation_message(errors):
     return "; ".join(dict.fromkeys(parts))
 
 
-def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descriptions=64, max_body_bytes=1 << 20):
-    """The FastAPI app serving `run` (a ServedRun)."""
+def create_app(
+    run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descriptions=64, max_body_bytes=1 << 20, review=None,
+    review_strategy="uncertain",
+):  # fmt: skip
+    """The FastAPI app serving `run` (a ServedRun); with `review` (a ReviewStore), the review page and API too."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -742,6 +745,10 @@ def create_app(run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descript
     async def page():
         return FileResponse(WEB_FOLDER / "index.html")
 
+    if review is not None:
+        from genre_tagger.review_api import mount_review
+
+        mount_review(app, review, review_strategy)
     app.mount("/static", StaticFiles(directory=WEB_FOLDER), name="static")
     limited = BodyLimits(app, max_body_bytes, batcher)
     limited.state = app.state
