@@ -161,6 +161,7 @@ UPGRADES = {1: _upgrade_from_1}  # version -> the step to the next, run in one t
 
 def database_url(target):
     """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet)."""
+    target = str(target)
     if "://" in target:
         return target
     path = Path(target)
@@ -683,8 +684,8 @@ def _field(record, name, number, path, required=True):
     value = record.get(name) if name is not None else None
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DB_ID:
+        value = str(value)  # a JSON id such as 7
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise UserError(f"{path}: row {number} has no {printable(name)!r}; fill it or delete the row")
@@ -755,11 +756,13 @@ def import_titles(args):
     from genre_tagger.metrics import decode
     from genre_tagger.run import Run
     from genre_tagger.tagger import open_tagger
-    from genre_tagger.textio import description_limit
+    from genre_tagger.textio import DEFAULT_DESCRIPTION_CHARS, description_limit
 
     audit_scores = read_audit_scores(args.audit) if args.audit else None
     if audit_scores is not None and args.id_column:
         raise UserError("--audit names rows by number: leave out --id-column (the id is then the row number)")
+    for _ in read_titles(args.input, args, DEFAULT_DESCRIPTION_CHARS):
+        pass  # the whole file is checked before any model loads or any title is stored: a bad row stores nothing
     with ReviewStore.open(args.db) as store:
         with Run.open(args.model) as run:
             sha256, labels = run_identity(run), run.labels
