@@ -13,6 +13,9 @@ import uuid
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_serve import browser, wait_for  # noqa: F401 - the page tests' chromium fixture, reused
 
 from conftest import ROOT, one_line_error, run_script
 from genre_tagger import UserError
@@ -431,6 +434,90 @@ def test_without_review_there_is_no_review_api(tmp_path):
         assert client.get("/v1/review/next").status_code == 404
 
 
+# %% Fuzzing (hypothesis): decision bodies and import files
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+ODD_TEXT = st.text(st.characters(exclude_categories=()) | st.sampled_from(list("\ud800\x00\x1b\x85\n\t")), max_size=120)
+DECISION_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "reviewer": ODD_TEXT | JSON_VALUES,
+        "action": st.sampled_from(["accept", "skip", "undo", "ACCEPT", ""]) | JSON_VALUES,
+        "genres": st.lists(st.sampled_from(LABELS) | ODD_TEXT, max_size=4) | JSON_VALUES,
+        "version": st.integers() | JSON_VALUES,
+        "request_id": ODD_TEXT | JSON_VALUES,
+        "extra": JSON_VALUES,
+    },
+)
+RAW_BODIES = (
+    DECISION_BODIES.map(lambda body: json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    | JSON_VALUES.map(lambda body: json.dumps(body).encode())
+    | st.binary(max_size=100)
+)
+
+
+@pytest.fixture(scope="module")
+def fuzzed_api(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from genre_tagger.serving import ServedRun, create_app
+
+    description = {"run": "fake", "base_model": "fake", "genres": 3, "onnx_variant": "int8", "model_sha256": "0" * 64}
+    description.update(max_tokens=8, verified=True, metrics={}, settings={})
+    run = ServedRun(LABELS, {"default": THRESHOLDS}, {}, description, FakeTagger())
+    store = filled_store(tmp_path_factory.mktemp("fuzz") / "review.sqlite", 5)
+    with TestClient(create_app(run, review=store), raise_server_exceptions=False) as client:
+        yield client, store
+    store.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(body=RAW_BODIES, item_id=st.sampled_from(["1", "2", "5", "6", "0", "-1", "1e3", "99999999999999999999"]))
+def test_arbitrary_decision_bodies_never_get_a_5xx(fuzzed_api, body, item_id):
+    client, store = fuzzed_api
+    response = client.post(f"/v1/review/{item_id}", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 404, 409, 422), (body[:300], response.text[:300])
+    assert ("decision" if response.status_code == 200 else "error") in response.json()
+    for item in range(1, 6):  # whatever was accepted, the store stays consistent: what stands is a decision of it
+        shown = store.item(item)["decision"]
+        assert shown is None or shown["item_id"] == item
+
+
+IMPORT_ALPHABET = st.sampled_from(list('abc ,"\n\r\t\x00é🎬=-{}[]:12'))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    content=st.text(IMPORT_ALPHABET, max_size=200) | st.binary(max_size=100).map(lambda b: b.decode("latin-1")),
+    fmt=st.sampled_from(["csv", "jsonl"]),
+    header=st.sampled_from(["Title,Description\n", "id,Description,Genre\n", ""]),
+    id_column=st.sampled_from([None, "id"]),
+)
+def test_arbitrary_import_files_give_titles_or_one_clean_error(tmp_path_factory, content, fmt, header, id_column):
+    import argparse
+
+    from genre_tagger.review import read_titles
+
+    path = tmp_path_factory.mktemp("import") / f"new.{fmt}"
+    path.write_bytes((header + content).encode("utf-8", "surrogatepass"))
+    args = argparse.Namespace(input_format=fmt, text_column="Description", id_column=id_column,
+                              title_column="Title", label_column="Genre")  # fmt: skip
+    try:
+        chunks = list(read_titles(str(path), args, 1000))
+    except UserError as err:
+        assert "\n" not in str(err).strip()
+        return
+    titles = [title for chunk in chunks for title in chunk]
+    assert titles and len({title["key"] for title in titles}) == len(titles)
+    for title in titles:
+        assert title["description"].strip() and len(title["description"]) <= 1000
+        assert "\x00" not in title["description"]
+
+
 # %% With a trained run (slow): import -> review -> export -> train.py
 
 
@@ -569,3 +656,76 @@ def test_sigkill_during_200_decisions_from_4_clients_loses_no_acknowledged_decis
         decisions = store.decisions()
     assert len(decisions) == 200 and len({d["request_id"] for d in decisions}) == 200
     assert len({d["item_id"] for d in decisions}) == 200
+
+
+# %% The page in a real browser (slow)
+
+
+def card_id(driver):
+    from selenium.webdriver.common.by import By
+
+    card = driver.find_element(By.ID, "card")
+    return None if card.get_attribute("hidden") else int(card.get_attribute("data-id"))
+
+
+def test_review_page_by_keyboard_survives_a_restart_and_the_queue_moves_on(
+    trained,
+    labelled_rows,
+    tmp_path,
+    browser,  # noqa: F811 - the fixture imported above
+):
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from conftest import free_port
+
+    db, port = tmp_path / "review.sqlite", free_port()
+    result = run_script("-m", "genre_tagger.review", "import", "--db", db, "--model", trained["output"], "--input",
+                        labelled_rows)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    server = start_server(trained["output"], db, port)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/review")
+        wait_for(browser, lambda d: card_id(d) is not None)
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("a")  # no name yet: nothing is decided, the name field asks for one
+        wait_for(browser, lambda d: "Type your name first" in d.find_element(By.ID, "error").text)
+        name = browser.find_element(By.ID, "reviewer")
+        name.send_keys("ann", Keys.ENTER)
+        reviewed = []
+        first_toggle = None
+        for key in ("1a", "x", "a"):  # toggle the first genre and accept; skip; accept as suggested
+            shown = card_id(browser)
+            reviewed.append(shown)
+            if key == "1a":
+                first_toggle = browser.find_element(By.CSS_SELECTOR, "#toggles li").get_attribute("data-genre")
+            for k in key:
+                body.send_keys(k)
+            wait_for(browser, lambda d, shown=shown: card_id(d) not in (None, shown))
+        body.send_keys(Keys.BACKSPACE)  # undo the last: its title comes back
+        wait_for(browser, lambda d: card_id(d) == reviewed[-1])
+        body.send_keys("a")
+        wait_for(browser, lambda d: card_id(d) not in (None, reviewed[-1]))
+        wait_for(browser, lambda d: d.find_element(By.ID, "progress").get_attribute("data-decided") == "3")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    server = start_server(trained["output"], db, port)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/review")
+        wait_for(browser, lambda d: card_id(d) is not None)
+        assert card_id(browser) not in reviewed  # the queue moved on
+        assert browser.find_element(By.ID, "progress").get_attribute("data-decided") == "3"
+        decisions = [httpx.get(f"http://127.0.0.1:{port}/v1/review/{i}").json() for i in reviewed]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    first, second, third = decisions
+    assert [d["action"] for d in first["decisions"]] == ["accept"]
+    accepted = first["decisions"][0]
+    assert (first_toggle in accepted["removed"]) != (first_toggle in accepted["added"])  # key 1 changed it
+    assert accepted["reviewer"] == "ann"
+    assert [d["action"] for d in second["decisions"]] == ["skip"]
+    assert [d["action"] for d in third["decisions"]] == ["accept", "undo", "accept"]
+    assert third["item"]["decision"]["genres"] == third["item"]["suggested"]
