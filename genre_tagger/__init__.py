@@ -21,6 +21,9 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - explain: which words made each genre: word-level occlusion through any backend (no torch)
 - serving: serve.py's app: the run it serves, request schemas, the dynamic batcher (FastAPI; no torch);
   web/ holds the page it serves at /
+- review: the review loop's store (SQLAlchemy Core; SQLite by default), queue and CLI
+  (`python -m genre_tagger.review import|export|status`)
+- review_api: the review page and `/v1/review/...` endpoints that `serve.py --review` adds (FastAPI)
 - baseline: TF-IDF + logistic regression and most-frequent-genres baselines (scikit-learn)
 - plots: the evaluation pictures of a run (matplotlib)
 - ensemble: `python -m genre_tagger.ensemble RUN RUN ...` averages runs trained on the same split

@@ -523,7 +523,7 @@ def test_arbitrary_import_files_give_titles_or_one_clean_error(tmp_path_factory,
 
 @pytest.fixture(scope="module")
 def labelled_rows(tmp_path_factory, imdb_csv):
-    """The first 120 rows of the real data (with Rank, Title, Genre), as a CSV to import."""
+    """The first 260 rows of the real data (with Rank, Title, Genre), as a CSV to import."""
     from genre_tagger.data import read_csv
 
     folder = tmp_path_factory.mktemp("review-input")
@@ -551,13 +551,21 @@ def test_import_review_export_and_train_on_the_corrections(trained, labelled_row
         first = store.next_item("uncertain")
         by_import = store.next_item("import")
         assert by_import["key"] == "2" and by_import["given"] is not None
-        tagged = run_script("predict.py", "--model", trained["output"], "--json", by_import["description"])
-        probabilities = json.loads(tagged.stdout)["probabilities"]
-        for candidate in by_import["candidates"]:
-            assert candidate["probability"] == pytest.approx(probabilities[candidate["genre"]], abs=1e-4)
-        assert sorted(by_import["suggested"]) == sorted(g["genre"] for g in json.loads(tagged.stdout)["genres"])
-        row = [probabilities[label] for label in first["genres"]]
-        assert first["uncertainty"] <= uncertainty([row], thresholds)[0] + 1e-4  # nothing closer than the first
+        stored = [store.item(i) for i in range(1, 261)]
+    tagged = tmp_path / "tagged.jsonl"  # the same tagging code as predict.py --input: the same numbers
+    assert run_script("predict.py", "--model", trained["output"], "--input", labelled_rows, "--output",
+                      tagged).returncode == 0  # fmt: skip
+    for item, line in zip(stored, tagged.read_text().splitlines()):
+        expected = json.loads(line)
+        assert item["description"] == expected["description"]
+        assert sorted(item["suggested"]) == sorted(g["genre"] for g in expected["genres"])
+        for candidate in item["candidates"]:
+            assert candidate["probability"] == pytest.approx(expected["probabilities"][candidate["genre"]], abs=1.01e-4)
+    with ReviewStore.open(db) as store:
+        assert first["uncertainty"] == min(item["uncertainty"] for item in stored)  # nearest a threshold first
+        expected = json.loads(tagged.read_text().splitlines()[first["id"] - 1])["probabilities"]
+        row = [expected[label] for label in first["genres"]]
+        assert first["uncertainty"] == pytest.approx(uncertainty([row], thresholds)[0], abs=2e-4)
         assert store.next_item("audit")["label_quality"] is not None
         for _ in range(30):  # "review" 30 titles by the queue, fixing their genres to the data's
             item = store.next_item("uncertain")
