@@ -34,7 +34,7 @@ from pathlib import Path
 
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser
-from genre_tagger.common import note, printable, spreadsheet_safe
+from genre_tagger.common import first_line, note, printable, spreadsheet_safe
 
 SCHEMA_VERSION = 2  # 1: no request ids; 2: decisions.request_id, unique (retries are not decided twice)
 STRATEGIES = ("uncertain", "audit", "import")
@@ -212,7 +212,7 @@ def _engine(url):
 
 def _database_error(err, url):
     shown = url.split("@")[-1]  # never print a password
-    return StoreUnavailable(f"review store {shown}: {printable(str(getattr(err, 'orig', err)).splitlines()[0])}")
+    return StoreUnavailable(f"review store {shown}: {first_line(getattr(err, 'orig', None) or err)}")
 
 
 # %% The store
@@ -259,14 +259,14 @@ class ReviewStore:
         On SQLite a writing transaction takes the write lock when it begins; a reading one (`write=False`)
         reads a snapshot and never waits for a writer (WAL).
         """
-        from sqlalchemy.exc import OperationalError
+        from sqlalchemy.exc import SQLAlchemyError
 
         try:
             with self.engine.connect() as connection:
                 connection.execution_options(review_write=write)
                 with connection.begin():
                     yield connection
-        except OperationalError as err:
+        except SQLAlchemyError as err:  # locked past the busy timeout, unreachable, out of connections
             raise _database_error(err, self.url) from None
 
     def _prepare(self):
