@@ -323,6 +323,28 @@ def test_export_writes_the_relabel_format_or_a_labelled_csv(tmp_path):
     assert reviewed["Genre"].tolist() == ["Comedy", "Action,Drama"]
 
 
+def test_the_label_audits_scores_are_read_range_checked(tmp_path):
+    from genre_tagger.review import read_audit_scores
+
+    audit = tmp_path / "audit.csv"
+    audit.write_text("row,title,label_quality\n5,A,0.25\n3,B,1\n")
+    assert read_audit_scores(audit) == {"5": 0.25, "3": 1.0}
+    for rows, says in (
+        ("x,A,0.2", "not a row number"),
+        ("9" * 30 + ",A,0.2", "not a row number"),
+        ("²,A,0.2", "not a row number"),
+        ("5,A,1.5", "not 0 to 1"),
+        ("5,A,nan", "not 0 to 1"),
+        ("5,A," + "9" * 400, "not 0 to 1"),
+    ):
+        audit.write_text(f"row,title,label_quality\n{rows}\n")
+        with pytest.raises(UserError, match=says):
+            read_audit_scores(audit)
+    audit.write_text("row,score\n5,0.2\n")
+    with pytest.raises(UserError, match="no column 'label_quality'"):
+        read_audit_scores(audit)
+
+
 # %% The API, on a fake tagger (no trained run)
 
 
