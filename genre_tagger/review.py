@@ -650,6 +650,9 @@ def _records(path, fmt, columns):
     from genre_tagger.textio import LINE_CAP, _CsvFeed, bounded_lines, check_input_path
 
     check_input_path(path)
+    if fmt == "parquet":
+        yield from _parquet_records(path, columns)
+        return
     with open(path, "rb") as stream:
         lines = bounded_lines(stream, path, LINE_CAP)
         if fmt == "csv":
@@ -681,6 +684,32 @@ def _records(path, fmt, columns):
             yield number, record
 
 
+def _parquet_records(path, columns):
+    """Yield (record number, {column: value}) from a Parquet file, IMPORT_CHUNK_ROWS rows at a time (pyarrow)."""
+    try:
+        import pyarrow.parquet as pq
+        from pyarrow import ArrowException
+    except ImportError:
+        raise UserError(
+            "reading Parquet needs pyarrow: pip install -r requirements-dev.txt (or pip install pyarrow)"
+        ) from None
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        for name, flag in columns:
+            if name is not None and name not in names and flag is not None:
+                found = ", ".join(printable(h) for h in names) or "none"
+                raise UserError(f"{path} has no column {printable(name)!r} (columns: {found}); choose it with {flag}")
+        wanted = [name for name, _ in columns if name is not None and name in names]
+        number = 0
+        for batch in parquet.iter_batches(batch_size=IMPORT_CHUNK_ROWS, columns=wanted):
+            for record in batch.to_pylist():
+                number += 1
+                yield number, record
+    except (ArrowException, OSError) as err:
+        raise UserError(f"{path} could not be read as Parquet ({first_line(err)})") from None
+
+
 def _field(record, name, number, path, required=True):
     """A text field of one input record, or None when absent (and not required)."""
     value = record.get(name) if name is not None else None
@@ -705,7 +734,8 @@ def read_titles(path, args, max_chars):
 
     fmt = args.input_format
     if fmt == "auto":
-        fmt = "jsonl" if path.lower().endswith((".jsonl", ".json")) else "csv"
+        lowered = path.lower()
+        fmt = "jsonl" if lowered.endswith((".jsonl", ".json")) else "parquet" if lowered.endswith(".parquet") else "csv"
     columns = [(args.text_column, "--text-column"), (args.id_column, "--id-column")]
     columns += [(args.title_column, None), (args.label_column, None)]
     seen, chunk, rows = set(), [], 0
@@ -886,12 +916,17 @@ def build_parser():
     )
     commands = p.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     db_help = "review store: a SQLite file (created on first use) or a SQLAlchemy URL such as postgresql://..."
-    tag = commands.add_parser("import", help="tag the titles of a CSV or JSON lines file with a run and enqueue them")
+    tag = commands.add_parser(
+        "import", help="tag the titles of a CSV, JSON lines or Parquet file with a run and enqueue them"
+    )
     tag.add_argument("--db", required=True, help=db_help)
     tag.add_argument("--model", required=True, help="run folder or zip whose suggestions are reviewed")
-    tag.add_argument("--input", required=True, help="CSV or JSON lines (.jsonl) of titles to review")
-    tag.add_argument("--input-format", choices=["auto", "csv", "jsonl"], default="auto",
-                     help="by extension: .jsonl is JSON lines, anything else CSV (default: %(default)s)")  # fmt: skip
+    tag.add_argument(
+        "--input", required=True, help="CSV, JSON lines (.jsonl) or Parquet (.parquet) of titles to review"
+    )
+    tag.add_argument("--input-format", choices=["auto", "csv", "jsonl", "parquet"], default="auto",
+                     help="by extension: .jsonl is JSON lines, .parquet Parquet (needs pyarrow), anything else CSV "
+                          "(default: %(default)s)")  # fmt: skip
     tag.add_argument("--text-column", default="Description", help="column with the text (default: %(default)s)")
     tag.add_argument(
         "--id-column",

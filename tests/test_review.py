@@ -283,6 +283,33 @@ def test_a_malformed_import_is_one_line_and_stores_nothing(tmp_path, name, conte
     assert not db.exists()  # refused before the store was created or a model loaded
 
 
+def test_parquet_titles_are_read_in_chunks_and_a_broken_file_is_one_line(tmp_path):
+    import argparse
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from genre_tagger.review import read_titles
+
+    path = tmp_path / "new.parquet"
+    table = pa.table({"id": [7, 8], "Title": ["A", None], "Description": ["  A   plot. ", "Another plot."],
+                      "Genre": [["Drama", "Crime"], ["Comedy"]]})  # fmt: skip
+    pq.write_table(table, path)
+    args = argparse.Namespace(input_format="auto", text_column="Description", id_column="id", title_column="Title",
+                              label_column="Genre")  # fmt: skip
+    (titles,) = list(read_titles(str(path), args, 1000))
+    assert [t["key"] for t in titles] == ["7", "8"] and titles[0]["description"] == "A plot."
+    assert titles[0]["given"] == ["Drama", "Crime"] and titles[1]["title"] is None
+    args.text_column = "Plot"
+    with pytest.raises(UserError, match="has no column 'Plot'"):
+        list(read_titles(str(path), args, 1000))
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    result = run_script("-m", "genre_tagger.review", "import", "--db", tmp_path / "r.sqlite", "--model", "x",
+                        "--input", broken)  # fmt: skip
+    one_line_error(result, "could not be read as Parquet")
+
+
 def test_bad_flags_and_outputs_are_one_line_errors(tmp_path):
     db = tmp_path / "review.sqlite"
     filled_store(db, 2).close()
