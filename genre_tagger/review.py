@@ -161,12 +161,16 @@ def _upgrade_from_1(connection):
 UPGRADES = {1: _upgrade_from_1}  # version -> the step to the next, run in one transaction with the version bump
 
 
-def database_url(target):
-    """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet)."""
+def database_url(target, create=True):
+    """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
     target = str(target)
     if "://" in target:
         return target
     path = Path(target)
+    if not create and not path.exists():
+        raise UserError(
+            f"--db {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
+        )
     if path.is_dir():
         raise UserError(f"--db {target} is a folder; give a file name such as review.sqlite")
     if not path.resolve().parent.is_dir():
@@ -228,10 +232,11 @@ class ReviewStore:
         self.tables = _tables(MetaData()).tables
 
     @classmethod
-    def open(cls, target):
+    def open(cls, target, create=True):
+        """The store at `target` (a SQLite path or a SQLAlchemy URL); a missing SQLite file is created if `create`."""
         from sqlalchemy.exc import SQLAlchemyError
 
-        url = database_url(target)
+        url = database_url(target, create)
         store = cls(_engine(url), url)
         try:
             store._prepare()
@@ -852,7 +857,7 @@ def export_reviewed(args):
     import csv
 
     _check_new_output(args.output, args.db)
-    with ReviewStore.open(args.db) as store:
+    with ReviewStore.open(args.db, create=False) as store:
         folder = os.path.dirname(os.path.abspath(args.output))
         fd, tmp_name = tempfile.mkstemp(prefix=f".{os.path.basename(args.output)}.", suffix=".part", dir=folder)
         written = 0
@@ -893,7 +898,7 @@ def export_reviewed(args):
 
 
 def show_status(args):
-    with ReviewStore.open(args.db) as store:
+    with ReviewStore.open(args.db, create=False) as store:
         progress = store.progress()
     print(" ".join(f"{key}={value}" for key, value in progress.items()))
     return 0

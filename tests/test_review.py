@@ -246,10 +246,12 @@ def test_stores_it_cannot_use_are_one_line_errors(tmp_path):
         (text, "is not a SQLite database"),
         (tmp_path, "is a folder"),
         (tmp_path / "missing" / "r.sqlite", "does not exist"),
+        (tmp_path / "never-imported.sqlite", "does not exist; import titles into it first"),
         ("nosuchdb://x", "is not a database URL"),
     ):
         one_line_error(run_script("-m", "genre_tagger.review", "status", "--db", db), says)
     assert text.read_text() == "not a database\n"  # never overwritten
+    assert not (tmp_path / "never-imported.sqlite").exists()
 
 
 # %% Importing titles
