@@ -618,9 +618,12 @@ def test_import_review_export_and_train_on_the_corrections(trained, labelled_row
         row = [expected[label] for label in first["genres"]]
         assert first["uncertainty"] == pytest.approx(uncertainty([row], thresholds)[0], abs=2e-4)
         assert store.next_item("audit")["label_quality"] is not None
-        for _ in range(30):  # "review" 30 titles by the queue, fixing their genres to the data's
+        kept = 0  # titles left with a genre (one whose genres the run lacks is exported as nothing)
+        for _ in range(60):  # "review" 60 titles by the queue, fixing their genres to the data's
             item = store.next_item("uncertain")
-            store.decide(item["id"], "accept", "ann", [g for g in item["genres"] if g in item["given"]])
+            genres = [g for g in item["genres"] if g in item["given"]]
+            store.decide(item["id"], "accept", "ann", genres)
+            kept += bool(genres)
     fixes = tmp_path / "fixes.csv"
     exported = run_script("-m", "genre_tagger.review", "export", "--db", db, "--output", fixes)
     assert exported.returncode == 0, exported.stderr
@@ -634,7 +637,15 @@ def test_import_review_export_and_train_on_the_corrections(trained, labelled_row
     record = json.dumps(config)
     from genre_tagger.common import sha256_of
 
-    assert sha256_of(fixes) in record and '"rows_named": 30' in record
+    assert sha256_of(fixes) in record and f'"rows_named": {kept}' in record
+    labelled = tmp_path / "reviewed.csv"
+    exported = run_script("-m", "genre_tagger.review", "export", "--db", db, "--output", labelled, "--format",
+                          "labelled")  # fmt: skip
+    assert exported.returncode == 0 and f"exported {kept} reviewed title(s)" in exported.stdout
+    from genre_tagger.data import load_labelled_csv
+
+    movies, _ = load_labelled_csv(labelled)  # what train.py --data reads
+    assert len(movies) == kept > 50 and all(movies["labels"])
 
 
 # %% SIGKILL of serve.py --review during a burst of decisions (slow)
