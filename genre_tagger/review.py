@@ -165,8 +165,15 @@ def database_url(target, create=True):
     """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
     target = str(target)
     if "://" in target:
+        if create or not target.startswith("sqlite:///") or target == "sqlite:///:memory:":
+            return target
+        path = Path(target.removeprefix("sqlite:///").split("?")[0])
+        if not path.exists():
+            raise UserError(f"--db {target}: {path} does not exist; import titles into it first")
         return target
     path = Path(target)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise UserError(f"--db {target} is not a regular file; give a file name such as review.sqlite")
     if not create and not path.exists():
         raise UserError(
             f"--db {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
@@ -800,11 +807,12 @@ def import_titles(args):
         raise UserError("--audit names rows by number: leave out --id-column (the id is then the row number)")
     for _ in read_titles(args.input, args, DEFAULT_DESCRIPTION_CHARS):
         pass  # the whole file is checked before any model loads or any title is stored: a bad row stores nothing
-    with ReviewStore.open(args.db) as store:
-        with Run.open(args.model) as run:
-            sha256, labels = run_identity(run), run.labels
-            thresholds = run.thresholds_for("default")
-            tagger = open_tagger(run, "auto", None, args.threads or 0)
+    database_url(args.db)  # a --db that cannot be a store is refused before the model loads
+    with Run.open(args.model) as run:
+        sha256, labels = run_identity(run), run.labels
+        thresholds = run.thresholds_for("default")
+        tagger = open_tagger(run, "auto", None, args.threads or 0)
+    with ReviewStore.open(args.db) as store:  # created only now: a bad run leaves no empty store behind
         per_genre = [thresholds] * len(labels) if isinstance(thresholds, float) else list(thresholds)
         run_id = store.add_run(sha256, args.model, labels, per_genre)
         added = kept = 0

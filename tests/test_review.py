@@ -327,9 +327,11 @@ def test_bad_flags_and_outputs_are_one_line_errors(tmp_path):
         (["export", "--db", db, "--output", tmp_path / "out.txt"], "must end in .csv"),
         (["export", "--db", db, "--output", db.with_suffix(".csv"), "--format", "json"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
+        (["import", "--db", tmp_path / "new.sqlite", "--model", source, "--input", source], "neither a run folder"),
     ):
         one_line_error(run_script("-m", "genre_tagger.review", *args), says)
     assert existing.read_text() == "keep me\n"
+    assert not (tmp_path / "new.sqlite").exists()  # a bad run leaves no empty store behind
 
 
 def test_export_writes_the_relabel_format_or_a_labelled_csv(tmp_path):
