@@ -495,16 +495,17 @@ class ReviewStore:
         if problem := text_problem(reviewer, "reviewer", MAX_REVIEWER_CHARS):
             raise UserError(problem)
         with self.transaction() as connection:
+            # The title's row lock first (SQLite: the write lock is already held), so that two requests with one
+            # request_id are serialised too and the second finds the first's decision.
+            row = connection.execute(select(items).where(items.c.id == item_id).with_for_update()).first()
+            if row is None:
+                raise NotFound(f"no title {item_id} in the review store")
             if request_id is not None:
                 earlier = connection.execute(select(decisions).where(decisions.c.request_id == request_id)).first()
                 if earlier is not None:
                     if earlier.item_id != item_id:
                         raise UserError(f"request_id {printable(request_id)!r} was already used for another title")
-                    row = connection.execute(select(items).where(items.c.id == item_id)).one()
                     return _decision_record(earlier), self._item_record(connection, row), True
-            row = connection.execute(select(items).where(items.c.id == item_id).with_for_update()).first()
-            if row is None:
-                raise NotFound(f"no title {item_id} in the review store")
             self._check_seen(connection, row, action, seen)
             values = {"item_id": item_id, "action": action, "reviewer": reviewer, "decided_at": now()}
             values.update(run_id=row.run_id, replaces=row.current_id, request_id=request_id)
