@@ -132,12 +132,12 @@ def main(argv=None):
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     listening = _listen(args.host, args.port)  # before the (slow) model load: a busy port fails at once
-    review = None
     if args.review:
-        from genre_tagger.review import ReviewStore
+        from genre_tagger.review import ReviewStore, database_url
 
-        review = ReviewStore.open(args.review)
+        database_url(args.review)  # a --review that cannot be a store fails at once, before the model load
     run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads, spinning=args.spin)
+    review = ReviewStore.open(args.review) if args.review else None  # created only once the run is good
     app = create_app(
         run,
         max_batch=args.max_batch,

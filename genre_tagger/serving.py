@@ -621,9 +621,15 @@ def _validation_message(errors):
 
 
 def create_app(
-    run, max_batch=64, batch_wait_ms=5.0, batch_size=32, max_descriptions=64, max_body_bytes=1 << 20, review=None,
+    run,
+    max_batch=64,
+    batch_wait_ms=5.0,
+    batch_size=32,
+    max_descriptions=64,
+    max_body_bytes=1 << 20,
+    review=None,
     review_strategy="uncertain",
-):  # fmt: skip
+):
     """The FastAPI app serving `run` (a ServedRun); with `review` (a ReviewStore), the review page and API too."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
