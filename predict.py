@@ -56,18 +56,23 @@ def build_parser():
     )
     p.add_argument(
         "--input",
-        help="tag a file instead: a CSV with the text column, a .jsonl of objects with that field, a .txt with one "
-        "description per line (blank lines skipped), or - for stdin",
+        help="tag a file instead: a CSV with the text column, a .jsonl of objects with that field, a .parquet with that "
+        "column, a .txt with one description per line (blank lines skipped), or - for stdin",
     )
     p.add_argument(
         "--input-format",
-        choices=["auto", "csv", "jsonl", "txt"],
+        choices=["auto", "csv", "jsonl", "parquet", "txt"],
         default="auto",
-        help="how to read --input: auto = CSV for a .csv file, JSON lines for a .jsonl, text lines otherwise; on stdin, "
+        help="how to read --input: auto = CSV for a .csv file, JSON lines for a .jsonl, Parquet for a .parquet, text "
+        "lines otherwise; on stdin, "
         "JSON lines when the first line is an object, CSV when it has the --text-column header, said on stderr "
         "(default: %(default)s)",
     )
-    p.add_argument("--output", help="with --input: write results to this .csv or .jsonl (default: print to stdout)")
+    p.add_argument(
+        "--output",
+        help="with --input: write results to this .csv, .jsonl or .parquet (full float32 probabilities) "
+        "(default: print to stdout)",
+    )
     p.add_argument("--text-column", default="Description", help="text column of an --input CSV (default: %(default)s)")
     p.add_argument(
         "--label-column",

@@ -81,8 +81,9 @@ def _row_list(mask, source_rows):
 MAX_CSV_LINE_CHARS = 4 << 20  # one physical line of a training CSV; far above any real row
 
 
-def csv_rows(handle, source):
-    """Yield (row number, fields) of a CSV read strictly; the header is row 1, as in a spreadsheet.
+def csv_rows(handle, source, first_row=2):
+    """Yield (row number, fields) of a CSV read strictly; the header is row 1, as in a spreadsheet (`first_row`:
+    the number of the row after the header, for a piece of a file read with its header in front).
 
     Malformed input is an error naming its row, never a silently merged or shifted row: unclosed or
     stray quotes, rows with more or fewer fields than the header, NUL bytes (a binary file), and a
@@ -91,7 +92,7 @@ def csv_rows(handle, source):
     """
     csv.field_size_limit(CSV_FIELD_LIMIT)  # Python's default, said here: no field grows past it
     reader = csv.reader(handle, strict=True)
-    number = 1
+    number = first_row - 1
     try:
         header = next(reader, None)
         if header is None:
@@ -99,7 +100,7 @@ def csv_rows(handle, source):
         header = [name.strip() for name in header]
         _check_fields(source, 1, header)
         yield 1, header
-        for number, fields in enumerate(reader, start=2):
+        for number, fields in enumerate(reader, start=first_row):
             if not fields:
                 continue  # a blank line
             _check_fields(source, number, fields)

@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 
 from genre_tagger import UserError
-from genre_tagger.common import note, printable, spreadsheet_safe, umask_mode
+from genre_tagger.common import first_line, note, printable, spreadsheet_safe, umask_mode
 
 CHUNK_ROWS = 2048  # rows read, tagged and written at a time: memory stays flat for any file size
 CHARS_PER_TOKEN = 64  # a description is cut at 64 characters per token the model reads: far past what it sees
 DEFAULT_DESCRIPTION_CHARS = 100_000
+OUTPUT_EXTENSIONS = (".csv", ".jsonl", ".parquet")
+MAX_ID_CHARS = 1024  # an --id-column value: a key, not a text
+RECORD_EXTENSIONS = {"csv": (".csv",), "jsonl": (".jsonl",), "parquet": (".parquet", ".pq")}
 LINE_CAP = 1 << 22  # characters of one line read at a time (a CSV row, a JSON line); a text line is cut instead
 
 
@@ -80,8 +83,8 @@ def check_input_path(source):
 
 def check_output_path(output, source, model):
     """Refuse in one line an --output that would replace something: a file, the input, the run it tags with."""
-    if not output.lower().endswith((".csv", ".jsonl")):
-        raise UserError("--output must end in .csv or .jsonl")
+    if not output.lower().endswith(OUTPUT_EXTENSIONS):
+        raise UserError("--output must end in .csv, .jsonl or .parquet")
     target = Path(output).resolve()
     if source != "-" and target == Path(source).resolve():
         raise UserError("--output is the --input file; choose another name so the input is kept")
@@ -90,7 +93,7 @@ def check_output_path(output, source, model):
         if target == run or target.is_relative_to(run):
             raise UserError(f"--output {output} is inside the run {model}; write results somewhere else")
     if Path(output).is_dir():
-        raise UserError(f"--output {output} is a folder; give a file name ending in .csv or .jsonl")
+        raise UserError(f"--output {output} is a folder; give a file name ending in .csv, .jsonl or .parquet")
     if Path(output).exists() or Path(output).is_symlink():
         raise UserError(f"{output} already exists; choose another --output or delete it first")
     if not target.parent.is_dir():
@@ -108,7 +111,7 @@ def _open_stream(source):
         raise UserError(f"cannot read --input {source} ({err.strerror})") from None
 
 
-def bounded_lines(raw, name, cap, block=1 << 16):
+def bounded_lines(raw, name, cap, block=1 << 16, first_number=1):
     """Yield (line number, line, cut) from a binary stream of UTF-8 (a BOM dropped), each line at most `cap` characters.
 
     The stream is read and decoded in blocks: a longer line is dropped past `cap` (`cut` is then True), so memory
@@ -117,7 +120,7 @@ def bounded_lines(raw, name, cap, block=1 << 16):
     """
     read = getattr(raw, "read1", raw.read)
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    number, offset, newlines, started = 1, 0, 0, False
+    number, offset, newlines, started = first_number, 0, first_number - 1, False
     parts, size, cut = [], 0, False
     while True:
         data = read(block)
@@ -153,13 +156,19 @@ def bounded_lines(raw, name, cap, block=1 << 16):
             return
 
 
+def format_by_extension(path):
+    """'csv', 'jsonl' or 'parquet' by a file's extension; 'txt' (one description per line) for anything else."""
+    lowered = str(path).lower()
+    return next((fmt for fmt, ends in RECORD_EXTENSIONS.items() if lowered.endswith(ends)), "txt")
+
+
 def input_format(source, first_line, chosen, text_column):
-    """'csv', 'jsonl' or 'txt' for --input: as chosen, by extension, or (stdin) sniffed from its first line and said."""
+    """'csv', 'jsonl', 'parquet' or 'txt' for --input: as chosen, by extension, or (stdin) sniffed from its first line
+    and said."""
     if chosen != "auto":
         return chosen
     if source != "-":
-        lowered = source.lower()
-        return "csv" if lowered.endswith(".csv") else "jsonl" if lowered.endswith(".jsonl") else "txt"
+        return format_by_extension(source)
     if first_line.lstrip().startswith("{"):
         note("reading stdin as JSON lines (its first line is a JSON object); --input-format txt tags every line")
         return "jsonl"
@@ -191,23 +200,47 @@ class _CsvFeed:
             yield line
 
 
-def _csv_records(lines, name, text_column, label_column):
+def _fail(message):
+    raise UserError(message)
+
+
+def _column_missing(name, header, column, flag):
+    found = ", ".join(printable(h) for h in header) or "none"
+    return f"{name} has no column {printable(column)!r} (columns: {found}); choose it with {flag}"
+
+
+def _identifier(value, where, id_column, bad_row):
+    """An input's own id as text (a JSON or Parquet integer included), or None after reporting a bad row."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        bad_row(f"{where} has no {printable(id_column)!r} id; fill it or tag without --id-column")
+        return None
+    if len(value) > MAX_ID_CHARS or _character_problem(value):
+        bad_row(
+            f"{where}: its {printable(id_column)!r} is not a short plain text id (at most {MAX_ID_CHARS} characters)"
+        )
+        return None
+    return value
+
+
+def _csv_records(lines, name, text_column, label_column, id_column=None, bad_row=_fail, first_row=2):
     from genre_tagger.data import check_header, csv_rows, split_labels
 
     feed = _CsvFeed(lines, name, LINE_CAP)
-    numbered = csv_rows(feed, name)
+    numbered = csv_rows(feed, name, first_row)
     _, header = next(numbered)
     check_header(header, name)
     if text_column not in header:
-        found = ", ".join(printable(h) for h in header) or "none"
-        raise UserError(
-            f"{name} has no column {printable(text_column)!r} (columns: {found}); choose it with --text-column"
-        )
+        raise UserError(_column_missing(name, header, text_column, "--text-column"))
+    if id_column is not None and id_column not in header:
+        raise UserError(_column_missing(name, header, id_column, "--id-column"))
     text_at = header.index(text_column)
     label_at = header.index(label_column) if label_column in header else None
+    id_at = header.index(id_column) if id_column is not None else None
     for number, fields in numbered:
         feed.pending = 0
-        labels = None
+        labels = ident = None
         if label_at is not None:
             labels = split_labels(fields[label_at])
             if not labels:
@@ -215,7 +248,12 @@ def _csv_records(lines, name, text_column, label_column):
                     f"{name}: row {number} has no {label_column!r} value; fill it, "
                     "or pass --label-column with another name to tag without metrics"
                 )
-        yield number, fields[text_at], labels
+        if (
+            id_at is not None
+            and (ident := _identifier(fields[id_at], f"{name}: row {number}", id_column, bad_row)) is None
+        ):
+            continue
+        yield number, fields[text_at], labels, ident
 
 
 def _character_problem(text):
@@ -227,9 +265,23 @@ def _character_problem(text):
     return None
 
 
-def _jsonl_records(lines, name, text_column, label_column):
+def _labels_value(value):
+    """Labels given as 'A, B' or ['A', 'B'] (JSON lines, Parquet), as a list; [] for anything else."""
     from genre_tagger.data import split_labels
 
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    return split_labels(value) if isinstance(value, str) else []
+
+
+def _no_labels(where, label_column):
+    return UserError(
+        f"{where} has no {label_column!r} labels (a string or a list of strings); fill it, "
+        "or pass --label-column with another name to tag without metrics"
+    )
+
+
+def _jsonl_records(lines, name, text_column, label_column, id_column=None, bad_row=_fail):
     with_labels = None
     for number, line, cut in lines:
         if not line.strip():
@@ -240,44 +292,125 @@ def _jsonl_records(lines, name, text_column, label_column):
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
-            raise UserError(f"{where} is not JSON; each line must be one object with a {text_column!r} field") from None
+            bad_row(f"{where} is not JSON; each line must be one object with a {text_column!r} field")
+            continue
         if not isinstance(record, dict) or not isinstance(record.get(text_column), str):
-            raise UserError(
-                f"{where} is not a JSON object with a {text_column!r} text field; choose it with --text-column"
-            )
+            bad_row(f"{where} is not a JSON object with a {text_column!r} text field; choose it with --text-column")
+            continue
         if problem := _character_problem(record[text_column]):
-            raise UserError(f"{where}: its {text_column!r} {problem}")
+            bad_row(f"{where}: its {text_column!r} {problem}")
+            continue
+        ident = None
+        if id_column is not None and (ident := _identifier(record.get(id_column), where, id_column, bad_row)) is None:
+            continue
         if with_labels is None:
             with_labels = label_column in record
         labels = None
-        if with_labels:
-            value = record.get(label_column)
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                value = ",".join(value)
-            labels = split_labels(value) if isinstance(value, str) else []
-            if not labels:
-                raise UserError(
-                    f"{where} has no {label_column!r} labels (a string or a list of strings); fill it, "
-                    "or pass --label-column with another name to tag without metrics"
-                )
-        yield number, record[text_column], labels
+        if with_labels and not (labels := _labels_value(record.get(label_column))):
+            raise _no_labels(where, label_column)
+        yield number, record[text_column], labels, ident
 
 
 def _text_records(lines):
     for number, line, _ in lines:
         if line.strip():
-            yield number, line, None
+            yield number, line, None, None
+
+
+def open_parquet(path):
+    """A pyarrow ParquetFile, or one line saying why not (pyarrow missing, not Parquet, unreadable)."""
+    try:
+        import pyarrow.parquet as pq
+        from pyarrow import ArrowException
+    except ImportError:
+        raise UserError("Parquet needs pyarrow: pip install pyarrow (pinned in requirements.txt)") from None
+    try:
+        return pq.ParquetFile(path)
+    except (ArrowException, OSError) as err:
+        raise UserError(f"{path} is not a readable Parquet file ({first_line(err, 120)})") from None
+
+
+def _parquet_records(path, text_column, label_column, id_column=None, bad_row=_fail, row_groups=None, first_row=1):
+    """Yield (row number, text, labels, id) from a Parquet file (or some of its row groups), a batch at a time."""
+    from pyarrow import ArrowException
+
+    parquet = open_parquet(path)
+    names = parquet.schema_arrow.names
+    for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
+        if column is not None and column not in names:
+            raise UserError(_column_missing(path, names, column, flag))
+    wanted = [c for c in dict.fromkeys((text_column, label_column, id_column)) if c is not None and c in names]
+    number = first_row - 1
+    try:
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, row_groups=row_groups, columns=wanted):
+            columns = {c: batch.column(c).to_pylist() for c in wanted}
+            for i, text in enumerate(columns[text_column]):
+                number += 1
+                where = f"{path}: row {number}"
+                if not isinstance(text, str):
+                    missing = "no" if text is None else f"a {type(text).__name__}, not a text"
+                    bad_row(f"{where} has {missing} {printable(text_column)!r}; fill it or choose --text-column")
+                    continue
+                if problem := _character_problem(text):
+                    bad_row(f"{where}: its {text_column!r} {problem}")
+                    continue
+                ident = None
+                if id_column is not None:
+                    ident = _identifier(columns[id_column][i], where, id_column, bad_row)
+                    if ident is None:
+                        continue
+                labels = None
+                if label_column in columns and not (labels := _labels_value(columns[label_column][i])):
+                    raise _no_labels(where, label_column)
+                yield number, text, labels, ident
+    except (ArrowException, OSError) as err:
+        raise UserError(
+            f"{path}: row {number + 1} and on could not be read as Parquet ({first_line(err, 120)})"
+        ) from None
+
+
+def prepared_records(records, name, max_chars, bad_row=_fail, cut_rows=None):
+    """Records with their text cleaned and cut at `max_chars` (numbers of cut rows appended to `cut_rows`);
+    an empty description is a bad row."""
+    from genre_tagger.data import clean_text
+
+    for number, text, labels, ident in records:
+        text = clean_text(text[: max_chars * 2])  # cut first: cleaning a huge text costs as much
+        if not text:
+            bad_row(f"{name}: row {number} has an empty description; fill or delete it")
+            continue
+        if len(text) > max_chars:
+            text = text[:max_chars]
+            if cut_rows is not None:
+                cut_rows.append(number)
+        yield number, text, labels, ident
+
+
+def cut_note(cut_rows, max_chars):
+    """The one note naming descriptions cut at `max_chars`."""
+    if cut_rows:
+        note(
+            f"{len(cut_rows)} description(s) longer than {max_chars} characters were cut there (the model reads "
+            f"only its first tokens): rows {_numbers(cut_rows)}"
+        )
 
 
 def iter_input_chunks(source, text_column, label_column, chosen_format="auto", max_chars=DEFAULT_DESCRIPTION_CHARS):
-    """Yield lists of (row number, text, labels or None) from a CSV, JSON lines, a text file or stdin, read strictly.
+    """Yield lists of (row number, text, labels or None) from a CSV, JSON lines, Parquet, a text file or stdin, read
+    strictly.
 
     Everything is streamed: memory is bounded by CHUNK_ROWS descriptions of at most `max_chars` characters
     (a longer description is cut there, and one note names the rows), whatever the input's size.
     """
-    from genre_tagger.data import clean_text
-
     name = "stdin" if source == "-" else source
+    if chosen_format == "parquet" or (
+        chosen_format == "auto" and source != "-" and format_by_extension(source) == "parquet"
+    ):
+        if source == "-":
+            raise UserError("Parquet cannot be read from stdin; give the file with --input")
+        check_input_path(source)
+        yield from _chunks(_parquet_records(source, text_column, label_column), name, max_chars)
+        return
     stream = _open_stream(source)
     try:
         lines = bounded_lines(stream, name, max(LINE_CAP, max_chars + 2))
@@ -294,31 +427,25 @@ def iter_input_chunks(source, text_column, label_column, chosen_format="auto", m
             records = _jsonl_records(lines, name, text_column, label_column)
         else:
             records = _text_records(lines)
-        chunk, cut_rows, rows = [], [], 0
-        for number, text, labels in records:
-            text = clean_text(text[: max_chars * 2])  # cut first: cleaning a huge text costs as much
-            if not text:
-                raise UserError(f"{name}: row {number} has an empty description; fill or delete it")
-            if len(text) > max_chars:
-                text = text[:max_chars]
-                cut_rows.append(number)
-            chunk.append((number, text, labels))
-            rows += 1
-            if len(chunk) == CHUNK_ROWS:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        if not rows:
-            raise UserError(f"{name} has no descriptions to tag")
-        if cut_rows:
-            note(
-                f"{len(cut_rows)} description(s) longer than {max_chars} characters were cut there (the model reads "
-                f"only its first tokens): rows {_numbers(cut_rows)}"
-            )
+        yield from _chunks(records, name, max_chars)
     finally:
         if source != "-":
             stream.close()  # never the process's stdin
+
+
+def _chunks(records, name, max_chars):
+    chunk, cut_rows, rows = [], [], 0
+    for number, text, labels, _ in prepared_records(records, name, max_chars, cut_rows=cut_rows):
+        chunk.append((number, text, labels))
+        rows += 1
+        if len(chunk) == CHUNK_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+    if not rows:
+        raise UserError(f"{name} has no descriptions to tag")
+    cut_note(cut_rows, max_chars)
 
 
 def _numbers(numbers, shown=10):
@@ -338,32 +465,63 @@ def unknown_labels_note(unknown, label_column):
 
 
 class ResultWriter:
-    """Writes results as they come (CSV or JSONL by extension, or readable lines on stdout).
+    """Writes results as they come (CSV, JSONL or Parquet by extension, or readable lines on stdout).
 
     A file is written under a temporary name beside it and renamed into place only when complete
-    (`commit`), so a failed or interrupted run leaves no partial file that looks finished.
+    (`commit`), so a failed or interrupted run leaves no partial file that looks finished. `with_ids`: a first
+    `id` column (the batch tool's); Parquet keeps full float32 probabilities, CSV and JSONL four decimals.
     """
 
-    def __init__(self, path, labels, threshold_text, as_json, explain=False):
+    def __init__(self, path, labels, threshold_text, as_json, explain=False, with_ids=False):
         self.labels, self.threshold_text, self.as_json, self.explain = labels, threshold_text, as_json, explain
-        self.path = path
+        self.path, self.with_ids = path, with_ids
         self.tmp_name = None
+        self.csv = self.parquet = None
         if path:
             import tempfile
 
             folder = os.path.dirname(os.path.abspath(path))
             try:
                 fd, self.tmp_name = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
-                self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
+                if path.lower().endswith(".parquet"):
+                    self.handle = os.fdopen(fd, "wb")
+                else:
+                    self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
             except OSError as err:
                 raise UserError(f"cannot write --output {path} ({err.strerror}); choose a writable path") from None
         else:
             self.handle = sys.stdout
-        self.csv = None
-        if path and path.lower().endswith(".csv"):
+        if path and path.lower().endswith(".parquet"):
+            self._open_parquet()
+        elif path and path.lower().endswith(".csv"):
             self.csv = csv.writer(self.handle)
-            header = ["description", "genres", *self.labels] + (["explanations"] if explain else [])
+            header = [*(["id"] if with_ids else []), "description", "genres", *self.labels]
+            header += ["explanations"] if explain else []
             self._guard(self.csv.writerow, [spreadsheet_safe(cell) for cell in header])
+
+    def _open_parquet(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        fields = [pa.field("id", pa.string())] if self.with_ids else []
+        fields += [pa.field("description", pa.string()), pa.field("genres", pa.list_(pa.string()))]
+        fields += [pa.field(label, pa.float32()) for label in self.labels]
+        fields += [pa.field("explanations", pa.string())] if self.explain else []
+        self.schema = pa.schema(fields)
+        self.parquet = pq.ParquetWriter(self.handle, self.schema)
+
+    def _write_parquet(self, ids, texts, probabilities, decoded, explanations):
+        import numpy as np
+        import pyarrow as pa
+
+        from genre_tagger.explain import compact
+
+        columns = [ids] if self.with_ids else []
+        columns += [list(texts), [[g for g, _ in genres] for genres in decoded]]
+        columns += [np.asarray(probabilities, dtype=np.float32)[:, j] for j in range(len(self.labels))]
+        if self.explain:
+            columns.append([None if e is None else compact(e) for e in explanations])
+        self._guard(self.parquet.write_table, pa.Table.from_arrays(columns, schema=self.schema))
 
     def _guard(self, action, *args):
         try:
@@ -374,20 +532,28 @@ class ResultWriter:
             where = self.path or "standard output"
             raise UserError(f"cannot write {where} ({err.strerror or err}); nothing partial was kept") from None
 
-    def write(self, texts, probabilities, decoded, explanations=None):
-        """One result per text; `explanations` (genre_tagger.explain's, one per text) when --explain."""
+    def write(self, texts, probabilities, decoded, explanations=None, ids=None):
+        """One result per text; `explanations` (genre_tagger.explain's, one per text) when --explain; `ids` (one
+        per text) when written `with_ids`."""
         from genre_tagger.explain import compact, format_explanation
 
         explanations = explanations if explanations is not None else [None] * len(texts)
-        for text, row, genres, explanation in zip(texts, probabilities, decoded, explanations):
+        if self.parquet is not None:
+            self._write_parquet(ids, texts, probabilities, decoded, explanations)
+            return
+        ids = ids if self.with_ids else [None] * len(texts)
+        for ident, text, row, genres, explanation in zip(ids, texts, probabilities, decoded, explanations):
             if self.csv:
                 genre_cell = ",".join(g for g, _ in genres)
                 line = [spreadsheet_safe(text), spreadsheet_safe(genre_cell), *(f"{p:.4f}" for p in row)]
+                if self.with_ids:
+                    line.insert(0, spreadsheet_safe(ident))
                 if explanation is not None:
                     line.append(spreadsheet_safe(compact(explanation)))
                 self._guard(self.csv.writerow, line)
             elif self.as_json or self.path:
                 record = {
+                    **({"id": ident} if self.with_ids else {}),
                     "description": text,
                     "genres": [{"genre": g, "probability": round(p, 4)} for g, p in genres],
                     "probabilities": {label: round(float(p), 4) for label, p in zip(self.labels, row)},
@@ -406,6 +572,8 @@ class ResultWriter:
         """Close and, for a file, move the finished result into place."""
         if self.handle is sys.stdout:
             return
+        if self.parquet is not None:
+            self._guard(self.parquet.close)
         self._guard(self.handle.close)
         if os.path.exists(self.path):
             kept, self.tmp_name = self.tmp_name, None
@@ -417,6 +585,9 @@ class ResultWriter:
     def discard(self):
         """Drop the unfinished file; a second write error while closing it changes nothing."""
         if self.handle is not sys.stdout:
+            with contextlib.suppress(Exception):  # pyarrow's writer raises its own types on a failed close
+                if self.parquet is not None:
+                    self.parquet.close()
             with contextlib.suppress(OSError):
                 self.handle.close()
         if self.tmp_name:
