@@ -426,9 +426,8 @@ class ShardTagger:
         if changed:
             raise UserError(f"{source['path']} changed or went away while the job ran; rerun into a new --output")
         args, fmt = self.args, source["format"]
-        writer = ResultWriter(
-            str(self.output / shard_name(piece, args.format)), self.labels, args.threshold, True, with_ids=True
-        )
+        name = str(self.output / shard_name(piece, args.format))
+        writer = ResultWriter(name, self.labels, args.threshold, True, with_ids=True, replace=True)
         try:
             chunk = []
             for record in read_shard(source["absolute"], fmt, piece, args, self.max_chars):

@@ -467,14 +467,15 @@ def unknown_labels_note(unknown, label_column):
 class ResultWriter:
     """Writes results as they come (CSV, JSONL or Parquet by extension, or readable lines on stdout).
 
-    A file is written under a temporary name beside it and renamed into place only when complete
-    (`commit`), so a failed or interrupted run leaves no partial file that looks finished. `with_ids`: a first
-    `id` column (the batch tool's); Parquet keeps full float32 probabilities, CSV and JSONL four decimals.
+        A file is written under a temporary name beside it and renamed into place only when complete
+        (`commit`), so a failed or interrupted run leaves no partial file that looks finished. `with_ids`: a first
+        `id` column (the batch tool's); `replace`: a file that appeared meanwhile is replaced (the batch tool's shards,
+    where a retried shard writes the same rows again). Parquet keeps full float32 probabilities, CSV and JSONL four decimals.
     """
 
-    def __init__(self, path, labels, threshold_text, as_json, explain=False, with_ids=False):
+    def __init__(self, path, labels, threshold_text, as_json, explain=False, with_ids=False, replace=False):
         self.labels, self.threshold_text, self.as_json, self.explain = labels, threshold_text, as_json, explain
-        self.path, self.with_ids = path, with_ids
+        self.path, self.with_ids, self.replace = path, with_ids, replace
         self.tmp_name = None
         self.csv = self.parquet = None
         if path:
@@ -575,7 +576,7 @@ class ResultWriter:
         if self.parquet is not None:
             self._guard(self.parquet.close)
         self._guard(self.handle.close)
-        if os.path.exists(self.path):
+        if os.path.exists(self.path) and not self.replace:
             kept, self.tmp_name = self.tmp_name, None
             raise UserError(f"{self.path} appeared while tagging; the result stays in {kept}")
         self._guard(os.chmod, self.tmp_name, umask_mode(0o666))
