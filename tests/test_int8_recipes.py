@@ -44,7 +44,7 @@ def test_train_py_records_the_recipe_and_the_rule(trained):
     info = json.loads((trained["output"] / "onnx.json").read_text())
     check = info["check"]
     assert info["int8_recipe"] in check["int8_recipes"]
-    assert list(check["int8_recipes"])[0] == "dynamic"  # the full int8 is tried first
+    assert list(check["int8_recipes"])[0] == "rowwise"  # the batch-exact full int8 is tried first
     assert "macro-F1 within 0.01" in check["int8_rule"]
     kept = check["int8_recipes"][info["int8_recipe"]]
     assert check["int8"]["decision_agreement_vs_torch"] == kept["decision_agreement_vs_torch"]
@@ -55,14 +55,18 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
     from genre_tagger.modeling import export_run
     from genre_tagger.onnx_backend import OnnxTagger
 
-    calls = passes_by_call(monkeypatch, [False, True])
+    calls = passes_by_call(monkeypatch, [False, False, True])
     info = export_run(run_copy)
     save.reseal(run_copy)
-    assert len(calls) == 2
+    assert len(calls) == 3
     saved = json.loads((run_copy / "onnx.json").read_text())
     assert saved["int8_recipe"] == info["int8_recipe"] == "blockwise"
     assert saved["default"] == "int8"
-    assert [saved["check"]["int8_recipes"][r]["passed"] for r in ("dynamic", "blockwise")] == [False, True]
+    assert [saved["check"]["int8_recipes"][r]["passed"] for r in ("rowwise", "dynamic", "blockwise")] == [
+        False,
+        False,
+        True,
+    ]
     assert "MatMulNBits" in saved["check"]["int8_recipes"]["blockwise"]["what"]
     assert saved["check"]["int8"]["macro_f1"] == saved["check"]["int8_recipes"]["blockwise"]["macro_f1"]
     assert "MatMulNBits" in op_types(run_copy / "model.int8.onnx")
@@ -82,14 +86,32 @@ def test_blockwise_recipe_is_kept_when_the_full_int8_fails(run_copy, monkeypatch
 def test_when_no_recipe_passes_fp32_stays_default_and_the_best_int8_is_kept(run_copy, monkeypatch):
     from genre_tagger.modeling import export_run
 
-    passes_by_call(monkeypatch, [False, False])
+    passes_by_call(monkeypatch, [False, False, False])
     info = export_run(run_copy)
     tried = info["check"]["int8_recipes"]
-    assert info["default"] == "fp32" and set(tried) == {"dynamic", "blockwise"}
+    assert info["default"] == "fp32" and set(tried) == {"rowwise", "dynamic", "blockwise"}
     best = max(tried, key=lambda r: tried[r]["decision_agreement_vs_torch"])
     assert info["int8_recipe"] == best
     assert ("MatMulNBits" in op_types(run_copy / "model.int8.onnx")) == (best == "blockwise")
     assert sorted(p.name for p in run_copy.glob(".*")) == []
+
+
+def test_the_rowwise_graph_gives_each_row_its_own_numbers_in_any_batch(trained, imdb_csv):
+    """The default int8 graph: one scale per token, so a row's probabilities do not move with its batch."""
+    from genre_tagger.data import load_labelled_csv
+    from genre_tagger.onnx_backend import OnnxTagger
+
+    info = json.loads((trained["output"] / "onnx.json").read_text())
+    assert info["int8_recipe"] == "rowwise"
+    assert "MatMulIntegerToFloat" in op_types(trained["output"] / "model.int8.onnx")
+    assert info["check"]["int8"]["max_abs_probability_difference_batch_of_1_vs_batched"] <= 1e-5
+    texts = load_labelled_csv(imdb_csv)[0]["text"].tolist()[:96]
+    with Run.open(trained["output"]) as run:
+        tagger = OnnxTagger.from_run(run, variant="int8")
+    alone = np.concatenate([tagger.probabilities([text], 1) for text in texts[:24]])
+    for batch_size in (3, 32, 96):
+        mixed = tagger.probabilities(texts, batch_size)[:24]
+        np.testing.assert_allclose(mixed, alone, atol=1e-6)
 
 
 def test_a_changed_model_is_refused_even_when_onnxruntime_cannot_load_it(run_copy):
