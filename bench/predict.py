@@ -5,15 +5,18 @@
 Prints: cold start of `predict.py "one description"` as a fresh process (median of --repeats) per
 backend; throughput (descriptions/s) and peak RSS over --rows descriptions for the seed notebook's
 plain PyTorch loop (fp32, batch 32, every batch padded to 128 tokens) and for `predict.py --input`
-with PyTorch, ONNX fp32 and ONNX int8; peak RSS of predict.py --input over --flat-rows to show that
+with PyTorch, ONNX fp32, ONNX int8 (the run's own graph) and ONNX int8 of --previous-recipe (a copy of
+the run whose int8 graph is quantized again from its model.onnx with that recipe: the graph runs had before); peak RSS of predict.py --input over --flat-rows to show that
 memory stays flat. Each measurement runs in its own process, so peak RSS is that process's alone.
 With --default-only (always for an ensemble run, which has no PyTorch model): only predict.py as a user
 runs it, default backend and variant, cold start and throughput.
 """
 
 import argparse
+import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -43,6 +46,20 @@ def plain_torch_loop(model_dir, input_file, batch_size):
                 return_tensors="pt",
             )
             torch.sigmoid(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+
+
+def run_with_recipe(model, recipe, folder):
+    """A copy of the run whose model.int8.onnx is quantized again from its model.onnx with `recipe`, resealed."""
+    from genre_tagger.common import write_json
+    from genre_tagger.modeling import quantize_int8
+    from genre_tagger.save import reseal
+
+    shutil.copytree(model, folder)
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", recipe)
+    info = json.loads((folder / "onnx.json").read_text())
+    write_json(folder / "onnx.json", {**info, "int8_recipe": recipe})
+    reseal(folder)
+    return str(folder)
 
 
 def write_descriptions(path, rows, data):
@@ -79,6 +96,12 @@ def main():
         "--default-only",
         action="store_true",
         help="measure only predict.py's default (ONNX) backend: cold start and throughput (always for an ensemble)",
+    )
+    p.add_argument(
+        "--previous-recipe",
+        default="dynamic",
+        help="int8 recipe to compare the run's own graph with (genre_tagger.modeling.INT8_RECIPES; '' skips it) "
+        "(default: %(default)s)",
     )
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -127,11 +150,17 @@ def main():
                 str(model),
                 str(texts),
             ]
-            runs = (
+            recipe = json.loads((model / "onnx.json").read_text()).get("int8_recipe", "dynamic")
+            runs = [
                 ("predict.py torch", "--backend", "torch"),
                 ("predict.py onnx fp32", "--backend", "onnx", "--onnx-variant", "fp32"),
-                ("predict.py onnx int8", "--backend", "onnx", "--onnx-variant", "int8"),
-            )
+                (f"predict.py onnx int8 {recipe}", "--backend", "onnx", "--onnx-variant", "int8"),
+            ]
+            if args.previous_recipe and args.previous_recipe != recipe:
+                previous = run_with_recipe(model, args.previous_recipe, Path(tmp) / "previous")
+                runs.append(
+                    (f"predict.py onnx int8 {args.previous_recipe}", "--onnx-variant", "int8", "--model", previous)
+                )
         for label, *extra in runs:
             out = Path(tmp) / f"{label.replace(' ', '-')}.jsonl"
             cases[label] = [
@@ -155,6 +184,10 @@ def main():
             base = results["plain PyTorch loop, pad 128"][0]
             for label, (rate, _) in results.items():
                 print(f"  {label:<28} {rate / base:5.2f}x the plain loop")
+            previous = f"predict.py onnx int8 {args.previous_recipe}"
+            if previous in results and args.previous_recipe != recipe:
+                ratio = results[f"predict.py onnx int8 {recipe}"][0] / results[previous][0]
+                print(f"  int8 {recipe} / int8 {args.previous_recipe}: {ratio:.2f}x")
 
         if args.flat_rows and not default_only:
             big = Path(tmp) / "many.txt"
@@ -171,7 +204,7 @@ def main():
                     str(Path(tmp) / "many.jsonl"),
                 ]
             )
-            small_rss = results["predict.py onnx int8"][1]
+            small_rss = results[f"predict.py onnx int8 {recipe}"][1]
             print(
                 f"\nflat memory: predict.py --input {args.flat_rows} rows: peak RSS {rss:.0f} MiB ({args.rows} rows: {small_rss:.0f} MiB), {args.flat_rows / wall:.1f} descriptions/s"
             )
