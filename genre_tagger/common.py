@@ -20,6 +20,12 @@ def printable(text):
     )
 
 
+def shown_value(text, limit=100):
+    """A value the user gave, printable and cut to `limit` characters: an error line never echoes 5,000 digits."""
+    text = printable(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def first_line(error, limit=300):
     """The first line of an exception's message (its type's name when it has none), for a one-line report."""
     text = str(error).strip()

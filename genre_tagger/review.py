@@ -35,6 +35,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser
 from genre_tagger.common import first_line, note, printable, spreadsheet_safe
+from genre_tagger.settings import bounded_int, threads
 
 SCHEMA_VERSION = 2  # 1: no request ids; 2: decisions.request_id, unique (retries are not decided twice)
 STRATEGIES = ("uncertain", "audit", "import")
@@ -812,7 +813,7 @@ def import_titles(args):
     with Run.open(args.model) as run:
         sha256, labels = run_identity(run), run.labels
         thresholds = run.thresholds_for("default")
-        tagger = open_tagger(run, "auto", None, args.threads or 0)
+        tagger = open_tagger(run, "auto", None, args.threads)
     with ReviewStore.open(args.db) as store:  # created only now: a bad run leaves no empty store behind
         per_genre = [thresholds] * len(labels) if isinstance(thresholds, float) else list(thresholds)
         run_id = store.add_run(sha256, args.model, labels, per_genre)
@@ -913,16 +914,6 @@ def show_status(args):
     return 0
 
 
-def _positive_int(flag, high):
-    def parse(text):
-        value = text.strip()
-        if not (value.isascii() and value.isdigit()) or len(value) > 6 or not 1 <= int(value) <= high:
-            raise UserError(f"{flag} must be a whole number from 1 to {high}, not {printable(text)[:40]!r}")
-        return int(value)
-
-    return parse
-
-
 def build_parser():
     p = ArgumentParser(
         prog="python -m genre_tagger.review",
@@ -960,10 +951,10 @@ def build_parser():
     tag.add_argument("--audit", default=None, metavar="AUDIT_CSV",
                      help="the label audit's CSV for this --input: its out-of-fold label quality orders the audit queue "
                           "(default: the run's own probabilities score the given genres)")  # fmt: skip
-    tag.add_argument("--batch-size", type=_positive_int("--batch-size", 1024), default=32,
+    tag.add_argument("--batch-size", type=bounded_int(1, 1024), default=32,
                      help="descriptions per forward pass, 1 to 1024 (default: %(default)s)")  # fmt: skip
-    tag.add_argument("--threads", type=_positive_int("--threads", 1024), default=None,
-                     help="CPU threads for inference (default: all cores)")  # fmt: skip
+    tag.add_argument("--threads", type=threads(), default=0,
+                     help="CPU threads for inference (default: 0 = all cores)")  # fmt: skip
     out = commands.add_parser("export", help="write the accepted titles as a --relabel file or a labelled CSV")
     out.add_argument("--db", required=True, help=db_help)
     out.add_argument("--output", required=True, help="CSV to write (never replaces a file)")

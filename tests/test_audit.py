@@ -93,7 +93,7 @@ def movies_csv(tmp_path, rows=6):
         (lambda d: ["--data", d / "movies.csv", "--folds", "7"], "fewer than --folds 7"),
         (lambda d: ["--data", d / "movies.csv", "--output", d / "movies.csv"], "is the --data file"),
         (lambda d: ["--data", d / "nothere.csv"], "does not exist"),
-        (lambda d: ["--data", d / "movies.csv", "--folds", "1"], "--folds must be between 2"),
+        (lambda d: ["--data", d / "movies.csv", "--folds", "1"], "--folds must be a whole number between 2 and 20"),
         (lambda d: ["--data", d / "movies.csv", "--output", d / "no" / "a.csv"], "does not exist; create it"),
     ],
 )
