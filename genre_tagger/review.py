@@ -24,7 +24,6 @@ the label audit's suspects; for titles imported with their genres), `import` by 
 """
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser
 from genre_tagger.common import first_line, note, printable, spreadsheet_safe
-from genre_tagger.settings import bounded_int, threads
+from genre_tagger.settings import bounded_float, bounded_int, row_number, threads
 
 SCHEMA_VERSION = 2  # 1: no request ids; 2: decisions.request_id, unique (retries are not decided twice)
 STRATEGIES = ("uncertain", "audit", "import")
@@ -46,6 +45,7 @@ MAX_REVIEWER_CHARS = 100
 MAX_REQUEST_ID_CHARS = 100
 MAX_DB_ID = 2**63 - 1  # SQL's BIGINT: ids and versions past it are refused where they are parsed
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's write lock before giving up
+AUDIT_ROWS_AT_MOST = 10**18  # an audit row id past this is no row of any CSV that can be imported
 CANDIDATES = 9  # genres offered as toggles (keys 1-9), the suggested ones and then the most probable
 IMPORT_CHUNK_ROWS = (
     2048  # rows read, tagged and stored at a time (one transaction each), as predict.py --input tags them
@@ -640,18 +640,13 @@ def read_audit_scores(path):
     for column in ("row", "label_quality"):
         if column not in frame.columns:
             raise UserError(f"--audit {path} has no column {column!r}; give the CSV genre_tagger.audit wrote")
+    # The audit is not checked against --input's rows here: a row it names that was not imported orders nothing.
+    rows, qualities = row_number(AUDIT_ROWS_AT_MOST), bounded_float(0, 1)
     scores = {}
     for number, row, score in zip(frame.attrs["source_rows"], frame["row"], frame["label_quality"]):
-        row = row.strip()
-        if not (row.isascii() and row.isdigit() and len(row) <= 18):
-            raise UserError(f"--audit {path}: row {number} has row {printable(row)[:40]!r}, not a row number")
-        try:
-            value = float(score)
-        except ValueError:
-            value = math.nan
-        if not 0 <= value <= 1:
-            raise UserError(f"--audit {path}: row {number} has label_quality {printable(score)[:40]!r}, not 0 to 1")
-        scores[row] = value
+        where = f"--audit {path}, line {number}"
+        key = str(rows.parse(row, f"{where}: 'row'"))  # the id import gives a title imported without --id-column
+        scores[key] = qualities.parse(score, f"{where}: 'label_quality'")
     return scores
 
 

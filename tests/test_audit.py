@@ -119,8 +119,12 @@ def corrections_file(tmp_path, text):
     [
         ("title\nx\n", False, "no column 'row'"),
         ("row\n2\n", True, "no column 'genres'"),
-        ("row\n99\n", False, "names row 99, which is not a usable row"),
-        ("row\nabc\n", False, "not a row number"),
+        ("row\n99\n", False, "line 2: 'row' must be a whole number between 2 and 7, not 99"),
+        ("row\nabc\n", False, "line 2: 'row' must be a whole number between 2 and 7, not abc"),
+        ("row\n2\n-1\n", False, "line 3: 'row' must be a whole number between 2 and 7, not -1"),
+        ("row\n1e3\n", False, "not 1e3"),
+        ("row\n²\n", False, "not ²"),
+        ("row\n" + "9" * 5000 + "\n", False, r"not 9{100}\.\.\. \(5000 characters\)$"),
         ("row\n2\n2\n", False, "a second time"),
         ('row,genres\n2,"Action,Westernish"\n', True, "genres the data does not have: Westernish"),
         ("row,genres\n2,\n", True, "no genres"),
@@ -157,4 +161,4 @@ def test_train_refuses_a_corrections_file_naming_a_missing_row_in_one_line(tmp_p
         "train.py", "--data", data, "--exclude-rows", fix, "--model", "minilm", "--output", tmp_path / "run",
         "--checkpoint-dir", tmp_path / "ck", timeout=300,
     )  # fmt: skip
-    one_line_error(result, "names row 500")
+    one_line_error(result, "--exclude-rows", "line 2: 'row' must be a whole number between 2 and 7, not 500")
