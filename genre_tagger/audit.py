@@ -271,6 +271,12 @@ def _check_outputs(args):
             raise UserError(f"--output would write {path}, which is the --data file; choose another --output")
         if path.is_dir():
             raise UserError(f"--output would write {path}, which is a folder; choose another --output")
+    written = paths if args.inject_noise else paths[:3]  # the noise report comes only with --inject-noise
+    if existing := [str(path) for path in written if path.exists() or path.is_symlink()]:
+        raise UserError(
+            f"--output would replace {', '.join(existing)}; move it or choose another --output so nothing of "
+            "yours is replaced"
+        )
     if not paths[0].parent.resolve().is_dir():
         raise UserError(f"the folder of --output {args.output} does not exist; create it first")
     return paths

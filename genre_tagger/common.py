@@ -32,8 +32,9 @@ def first_line(error, limit=300):
     return printable(text.splitlines()[0][:limit]) if text else type(error).__name__
 
 
-def write_json(path, payload):
-    with open(path, "w") as f:
+def write_json(path, payload, replace=True):
+    """`payload` as indented JSON; with replace=False an existing `path` raises FileExistsError, never lost."""
+    with open(path, "w" if replace else "x") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
         f.write("\n")
 

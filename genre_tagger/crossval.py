@@ -30,7 +30,6 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
     from genre_tagger.modeling import positive_weights, predict_logits
     from genre_tagger.training import train_model
 
-    output = Path(args.output)
     fold_results = []
     out_of_fold = {"raw": np.zeros(Y.shape), "after": np.zeros(Y.shape), "rows": []}  # logits, every row once
     for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
@@ -92,7 +91,7 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
         stage: {k: pooled[f"out_of_fold_{stage}"][k] for k in CALIBRATION_KEYS} for stage in ("before", "after")
     }
     print(f"calibration ({args.calibrate}), every row out-of-fold: {gcal.format_change(pooled, 'out_of_fold')}")
-    cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
+    cv_path = save.cross_validation_path(args)
     cv_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         cv_path,
@@ -103,6 +102,7 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
             "folds": fold_results,
             "summary": summary,
         },
+        replace=False,  # checked before training (save.paths_problem); a file created since then is kept too
     )
     print(f"cross-validation results written to {cv_path}")
     return cv_path

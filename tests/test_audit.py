@@ -108,6 +108,27 @@ def test_audit_bad_input_is_one_line_exit_2_and_the_input_is_untouched(tmp_path,
     assert not (tmp_path / "audit.csv").exists()
 
 
+@pytest.mark.parametrize("existing", ["mine.csv", "mine-summary.csv", "mine.png"])
+def test_audit_refuses_to_replace_any_file_it_would_write_before_any_work(tmp_path, existing):
+    data = movies_csv(tmp_path)
+    mine = tmp_path / existing
+    mine.write_bytes(b"my own work")
+    result = run_script("-m", "genre_tagger.audit", "--data", data, "--output", tmp_path / "mine.csv", timeout=120)
+    one_line_error(result, "--output would replace", str(mine))
+    assert mine.read_bytes() == b"my own work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"movies.csv", existing})
+
+
+def test_audit_refuses_to_replace_the_noise_report_only_when_it_would_write_one(tmp_path):
+    (tmp_path / "mine-noise.json").write_text("{}")
+    paths = audit.output_paths(tmp_path / "mine.csv")
+    args = audit.build_parser().parse_args(["--output", str(paths[0]), "--data", str(movies_csv(tmp_path))])
+    assert audit._check_outputs(args) == paths
+    args.inject_noise = 0.1
+    with pytest.raises(UserError, match="would replace .*mine-noise.json"):
+        audit._check_outputs(args)
+
+
 def corrections_file(tmp_path, text):
     path = tmp_path / "fix.csv"
     path.write_text(text)
