@@ -404,3 +404,17 @@ def test_stopped_message_tells_the_truth():
     cut = serve.stopped_message(3, 1.5)
     assert "finished" not in cut and "3 in-flight requests were cut off" in cut and "1.5 s" in cut
     assert "1 in-flight request was cut off" in serve.stopped_message(1, 1)
+
+
+def test_the_model_endpoint_shows_non_finite_figures_as_null():
+    from fastapi.testclient import TestClient
+
+    served = fake_run(FakeTagger())
+    served.description["metrics"] = {"test": {"macro_f1": float("nan"), "macro_roc_auc": 0.75}}
+    served.saved_thresholds = {"default": 0.3, "per_label": {"Action": float("inf"), "Drama": 0.4}}
+    with TestClient(create_app(served, batch_wait_ms=0), raise_server_exceptions=False) as test:
+        response = test.get("/v1/model")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["metrics"]["test"] == {"macro_f1": None, "macro_roc_auc": 0.75}
+    assert body["thresholds"]["per_label"] == {"Action": None, "Drama": 0.4}

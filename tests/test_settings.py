@@ -155,6 +155,14 @@ def test_audit_refuses_a_seed_past_numpys_range(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ensemble_refuses_a_weight_that_would_turn_every_probability_to_0(tmp_path):
+    result = run_script(
+        "-m", "genre_tagger.ensemble", tmp_path / "a", tmp_path / "b", "--output", tmp_path / "e",
+        "--weights", "1e308", "1", timeout=120,
+    )  # fmt: skip
+    one_line_error(result, "--weights must be a number between 0 and 1000 (0 excluded), not 1e308")
+
+
 def test_ensemble_refuses_a_400_digit_weight_shown_cut(tmp_path):
     huge = "9" * 400
     result = run_script(
