@@ -183,3 +183,81 @@ def test_train_refuses_a_corrections_file_naming_a_missing_row_in_one_line(tmp_p
         "--checkpoint-dir", tmp_path / "ck", timeout=300,
     )  # fmt: skip
     one_line_error(result, "--exclude-rows", "line 2: 'row' must be a whole number between 2 and 7, not 500")
+
+
+def plots_csv(tmp_path, rows=60):
+    """`rows` movies (CSV rows 2..rows+1), Comedy and Drama taking turns, one plot each."""
+    lines = ["Title,Genre,Description"] + [
+        f"M{i},{'Drama' if i % 2 else 'Comedy'},Plot number {i}." for i in range(rows)
+    ]
+    path = tmp_path / "plots.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--exclude-rows", "--relabel"])
+def test_cross_validation_refuses_a_missing_corrections_file_before_training(tmp_path, flag):
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--data", plots_csv(tmp_path), flag, tmp_path / "gone.csv",
+        "--model", "minilm", "--output", tmp_path / "X", "--checkpoint-dir", tmp_path / "ck", timeout=120,
+    )  # fmt: skip
+    one_line_error(result, "gone.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots.csv"]
+
+
+@pytest.mark.parametrize(("row", "shown"), [("9" * 5000, "not " + "9" * 100 + "... (5000 characters)"), ("²", "not ²")])
+def test_cross_validation_refuses_an_exclude_rows_id_that_is_no_row_number(tmp_path, row, shown):
+    fix = corrections_file(tmp_path, f"row\n2\n{row}\n")
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--data", plots_csv(tmp_path), "--exclude-rows", fix,
+        "--model", "minilm", "--output", tmp_path / "X", "--checkpoint-dir", tmp_path / "ck", timeout=120,
+    )  # fmt: skip
+    line = one_line_error(result, f"--exclude-rows {fix}, line 3: 'row' must be a whole number between 2 and 61", shown)
+    assert len(line) < 300 and not (tmp_path / "ck").exists()
+
+
+def test_cross_validation_corrects_each_folds_training_rows_only_and_records_it(tmp_path, monkeypatch):
+    import json
+
+    from genre_tagger import crossval, modeling, training
+    from genre_tagger.settings import build_train_parser
+
+    trained_on = []
+
+    def fake_train(args, base_path, labels, tokenizer, texts, Y, val_texts, Y_val, checkpoints):
+        trained_on.append(dict(zip(texts, map(tuple, Y.tolist()))))
+        return None, []
+
+    monkeypatch.setattr(training, "train_model", fake_train)
+    monkeypatch.setattr(modeling, "predict_logits", lambda model, tok, texts, length: np.zeros((len(texts), 2)))
+    movies, _ = gdata.load_labelled_csv(plots_csv(tmp_path))
+    exclude = gdata.read_corrections(corrections_file(tmp_path, "row\n2\n3\n"), movies, "--exclude-rows")
+    relabel_path = tmp_path / "relabel.csv"
+    relabel_path.write_text("row,genres\n4,Drama\n")  # row 4 is plot 2, a Comedy
+    relabel = gdata.read_corrections(relabel_path, movies, "--relabel", with_genres=True)
+    args = build_train_parser().parse_args(
+        [
+            "--folds",
+            "2",
+            "--calibrate",
+            "none",
+            "--output",
+            str(tmp_path / "X"),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
+    args.split_seed = args.seed
+    binarizer = gdata.fit_binarizer(movies["labels"])  # classes: Comedy, Drama
+    written = crossval.cross_validate(args, movies, binarizer, "base", "base", None, exclude, relabel)
+    assert len(trained_on) == 2
+    for fold in trained_on:
+        assert "Plot number 0." not in fold and "Plot number 1." not in fold  # rows 2 and 3 left out
+        assert fold.get("Plot number 2.", (0.0, 1.0)) == (0.0, 1.0)  # Drama where it trains, not Comedy
+        assert fold.get("Plot number 4.", (1.0, 0.0)) == (1.0, 0.0)  # an uncorrected row keeps its genre
+    assert sum("Plot number 2." in fold for fold in trained_on) == 1  # trained on once, tested once as given
+    results = json.loads(written.read_text())
+    records = [fold["corrections"] for fold in results["folds"]]
+    assert [r["exclude_rows"]["rows_named"] for r in records] == [2, 2]
+    assert sum(r["relabel"]["applied_to_training_rows"] for r in records) == 1
+    assert all(len(r["relabel"]["sha256"]) == 64 for r in records)
