@@ -105,6 +105,15 @@ def test_the_message_names_the_flag_and_the_range():
     assert (parsed.folds, parsed.seed, parsed.lr, parsed.limit) == (0, MAX_SEED, 1e-5, 7)
 
 
+def test_predicts_threshold_choice_is_shown_cut_too():
+    from genre_tagger.run import parse_threshold
+
+    with pytest.raises(UserError, match=r"^--threshold must be between 0 and 1 \(exclusive\), not 9{100}\.\.\."):
+        parse_threshold("9" * 5000)
+    with pytest.raises(UserError, match=r"not '²'$"):
+        parse_threshold("²")
+
+
 SHAPES = st.one_of(
     st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 10**12)).map(lambda t: bounded_int(t[0], t[0] + t[1])),
     st.tuples(st.floats(-1e6, 1e6), st.floats(0, 1e6), st.booleans(), st.booleans()).map(
