@@ -89,9 +89,6 @@ class Bounded:
     def __call__(self, text):  # argparse checks that a type is callable; ArgumentParser calls parse with the flag
         return self.parse(text)
 
-    def __repr__(self):
-        return f"Bounded({self.describe()})"
-
 
 def bounded_int(low, high, zero_means=None):
     return Bounded(int, low, high, zero_means=zero_means)
