@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_script
 from genre_tagger import UserError
 from genre_tagger import calibration as gcal
 from genre_tagger.metrics import decode, goal_threshold, parse_goals, tune_thresholds
@@ -197,3 +198,15 @@ def test_threshold_choices_read_the_run_as_saved():
     assert thresholds_from(saved, LABELS, "0.6") == 0.6
     with pytest.raises(UserError, match="'default', 'tuned'"):
         thresholds_from(saved, LABELS, "best")
+
+
+@pytest.mark.slow  # train.py on 60 real rows (a frozen encoder: seconds of fitting)
+def test_platt_on_few_rows_saves_a_run_with_saturated_thresholds_inside_0_1(imdb_csv, tmp_path):
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "60", "--model", "minilm", "--freeze-encoder",
+        "--calibrate", "platt", "--output", tmp_path / "run", "--checkpoint-dir", tmp_path / "ck", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    defaults = json.loads((tmp_path / "run" / "thresholds.json").read_text())["default_per_label"].values()
+    assert all(0 < t < 1 for t in defaults)
+    assert max(defaults) == np.nextafter(1.0, 0.0)  # this run's steepest genre saturated: the clamp kept it in
