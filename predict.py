@@ -15,7 +15,7 @@ from genre_tagger.common import note
 from genre_tagger.explain import explained, format_explanation
 from genre_tagger.metrics import decode
 from genre_tagger.run import DEFAULT_RUN, Run, parse_threshold
-from genre_tagger.settings import MAX_PREDICT_BATCH, predict_settings_problem
+from genre_tagger.settings import MAX_PREDICT_BATCH, bounded_int, predict_settings_problem, threads
 from genre_tagger.tagger import open_tagger
 from genre_tagger.textio import (
     ResultWriter,
@@ -44,10 +44,17 @@ def build_parser():
         "'tuned' (per genre, for train.py's --threshold-goal) or 'tuned-global' (default: %(default)s)",
     )
     p.add_argument(
-        "--max-genres", "--top-k", dest="max_genres", type=int, help="tag at most N genres, most probable first"
+        "--max-genres",
+        "--top-k",
+        dest="max_genres",
+        type=bounded_int(1, 10**6),
+        help="tag at most N genres, most probable first",
     )
     p.add_argument(
-        "--min-genres", type=int, default=0, help="tag at least N genres, adding the most probable below the threshold"
+        "--min-genres",
+        type=bounded_int(0, 10**6),
+        default=0,
+        help="tag at least N genres, adding the most probable below the threshold",
     )
     p.add_argument(
         "--json",
@@ -93,11 +100,13 @@ def build_parser():
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=bounded_int(1, MAX_PREDICT_BATCH),
         default=32,
         help=f"descriptions per forward pass, 1 to {MAX_PREDICT_BATCH} (default: %(default)s)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads, at most the cores available (default: 0 = all)")
+    p.add_argument(
+        "--threads", type=threads(), default=0, help="CPU threads, at most the cores available (default: 0 = all)"
+    )
     p.add_argument(
         "--explain",
         action="store_true",

@@ -24,7 +24,7 @@ import sys
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.run import DEFAULT_RUN
-from genre_tagger.settings import serve_settings_problem
+from genre_tagger.settings import MAX_CONCURRENCY, MAX_PREDICT_BATCH, bounded_float, bounded_int, threads
 
 
 def build_parser():
@@ -39,34 +39,34 @@ def build_parser():
         default="127.0.0.1",
         help="address to listen on; 0.0.0.0 exposes it to the network (default: %(default)s)",
     )
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument("--port", type=bounded_int(0, 65535), default=8000, help="TCP port (default: %(default)s)")
     p.add_argument(
         "--max-batch",
-        type=int,
+        type=bounded_int(1, MAX_PREDICT_BATCH),
         default=64,
         help="most descriptions gathered from concurrent requests into one batch; 1 = no dynamic batching (default: %(default)s)",
     )
     p.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=bounded_float(0, 60_000),
         default=5.0,
         help="most milliseconds a batch waits, counted from its first request's arrival, for requests still on their way (a lone request never waits); 0 = take only what is already queued (default: %(default)s)",
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=bounded_int(1, MAX_PREDICT_BATCH),
         default=32,
         help="descriptions per forward pass within a batch, as predict.py's --batch-size (default: %(default)s)",
     )
     p.add_argument(
         "--max-descriptions",
-        type=int,
+        type=bounded_int(1, MAX_PREDICT_BATCH),
         default=64,
         help="most descriptions in one request; more get 422 (default: %(default)s)",
     )
     p.add_argument(
         "--max-body-kb",
-        type=int,
+        type=bounded_int(1, 1 << 20),
         default=1024,
         help="largest request body in KiB; larger gets 413 (default: %(default)s)",
     )
@@ -76,7 +76,7 @@ def build_parser():
         default=None,
         help="which ONNX file (default: the one train.py chose, as predict.py)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for inference (default: 0 = all cores)")
+    p.add_argument("--threads", type=threads(), default=0, help="CPU threads for inference (default: 0 = all cores)")
     p.add_argument(
         "--spin",
         action="store_true",
@@ -84,19 +84,19 @@ def build_parser():
     )
     p.add_argument(
         "--graceful-timeout-s",
-        type=float,
+        type=bounded_float(0, 3600),
         default=30.0,
         help="on SIGTERM, seconds to let in-flight requests finish; any still running then get a 503, and the last line says how many (default: %(default)s)",
     )
     p.add_argument(
         "--limit-concurrency",
-        type=int,
+        type=bounded_int(1, MAX_CONCURRENCY),
         default=256,
         help="most connections and requests handled at once; past it, new requests get uvicorn's plain-text 503 (default: %(default)s)",
     )
     p.add_argument(
         "--timeout-keep-alive-s",
-        type=int,
+        type=bounded_int(1, 3600),
         default=5,
         help="whole seconds an idle keep-alive connection is kept open waiting for its next request (default: %(default)s)",
     )
@@ -120,8 +120,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if problem := serve_settings_problem(args):
-        raise UserError(problem)
 
     try:
         import uvicorn

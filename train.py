@@ -134,6 +134,7 @@ else:
     train_idx, val_idx = rest_idx[inner_train], rest_idx[inner_val]
     test_texts = movies["text"].iloc[test_idx].tolist()
 
+given_movies = movies  # as read: cross-validation (--folds) corrects each fold's own training rows instead
 if exclude or relabel:  # the split above is the uncorrected run's: only training rows change
     movies, train_idx, cleaning["corrections"] = gdata.apply_corrections(movies, train_idx, exclude, relabel)
     print(f"corrections: {cleaning['corrections']}")
@@ -208,7 +209,7 @@ if unknown_share > 0.5:
 if args.folds:
     from genre_tagger.crossval import cross_validate
 
-    cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer)
+    cross_validate(args, given_movies, binarizer, base_path, base_model, tokenizer, exclude, relabel)
     if not NOTEBOOK:
         sys.exit(0)
 

@@ -27,6 +27,7 @@ from genre_tagger import UserError
 from genre_tagger import data as gdata
 from genre_tagger.cli import ArgumentParser
 from genre_tagger.common import spreadsheet_safe, write_json
+from genre_tagger.settings import MAX_TOKENS, bounded_float, bounded_int, seed
 
 HEAD_C = 0.3  # inverse regularisation strength of each genre's logistic regression
 LABEL_FEATURE_WEIGHT = 3.0  # scale of the other-genres features beside the encoder's vector
@@ -218,7 +219,10 @@ def build_parser():
         help="audit CSV to write, most suspicious row first; OUTPUT-summary.csv and OUTPUT.png are written beside it",
     )
     p.add_argument(
-        "--folds", type=int, default=5, help=f"cross-validation folds, 2 to {MAX_FOLDS} (default: %(default)s)"
+        "--folds",
+        type=bounded_int(2, MAX_FOLDS),
+        default=5,
+        help=f"cross-validation folds, 2 to {MAX_FOLDS} (default: %(default)s)",
     )
     p.add_argument(
         "--base-model",
@@ -226,20 +230,27 @@ def build_parser():
         help="frozen encoder: minilm (packaged, offline), mpnet, a hub id or a local folder (default: %(default)s)",
     )
     p.add_argument(
-        "--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)"
+        "--max-length",
+        type=bounded_int(1, MAX_TOKENS),
+        default=128,
+        help="truncate texts to this many tokens (default: %(default)s)",
     )
     p.add_argument(
         "--inject-noise",
-        type=float,
+        type=bounded_float(0, 0.5),
         default=0.0,
         metavar="RATE",
         help="self-test: add or remove one genre in this share of rows (0 to 0.5) and report how many the audit finds",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --inject-noise (default: %(default)s)")
-    p.add_argument("--top", type=int, default=10, help="rows of the audit to print (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=seed(), default=0, help="seed of the folds and of --inject-noise (default: %(default)s)"
+    )
+    p.add_argument(
+        "--top", type=bounded_int(0, 10**9), default=10, help="rows of the audit to print (default: %(default)s)"
+    )
     p.add_argument(
         "--summary-rows",
-        type=int,
+        type=bounded_int(1, 10**9),
         default=100,
         help="the per-genre summary counts suspects in this many most suspicious rows (default: %(default)s)",
     )
@@ -260,6 +271,12 @@ def _check_outputs(args):
             raise UserError(f"--output would write {path}, which is the --data file; choose another --output")
         if path.is_dir():
             raise UserError(f"--output would write {path}, which is a folder; choose another --output")
+    written = paths if args.inject_noise else paths[:3]  # the noise report comes only with --inject-noise
+    if existing := [str(path) for path in written if path.exists() or path.is_symlink()]:
+        raise UserError(
+            f"--output would replace {', '.join(existing)}; move it or choose another --output so nothing of "
+            "yours is replaced"
+        )
     if not paths[0].parent.resolve().is_dir():
         raise UserError(f"the folder of --output {args.output} does not exist; create it first")
     return paths
@@ -267,14 +284,6 @@ def _check_outputs(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not 2 <= args.folds <= MAX_FOLDS:
-        raise UserError(f"--folds must be between 2 and {MAX_FOLDS}, not {args.folds}")
-    if not 0 <= args.inject_noise <= 0.5:
-        raise UserError(f"--inject-noise must be a share of rows between 0 and 0.5, not {args.inject_noise}")
-    if args.top < 0 or args.summary_rows < 1:
-        raise UserError("--top must be 0 or more and --summary-rows 1 or more")
-    if not 1 <= args.max_length <= 512:
-        raise UserError(f"--max-length must be between 1 and 512 tokens, not {args.max_length}")
     output, summary_path, plot_path, noise_path = _check_outputs(args)
     started = time.time()
     if Path(args.data) == gdata.DEFAULT_DATA_PATH:

@@ -161,8 +161,14 @@ def undo(probabilities, calibration):
 
 
 def map_threshold(threshold, calibration):
-    """Per genre, the calibrated probability that an uncalibrated `threshold` becomes (the same decisions)."""
-    return sigmoid(apply(np.full(len(calibration["scale"]), logits_of(threshold)), calibration))
+    """Per genre, the calibrated probability that an uncalibrated `threshold` becomes (the same decisions).
+
+    A steep map (Platt scaling fitted on a few validation rows) sends it to exactly 0.0 or 1.0 in float64,
+    which no run may hold (run.is_probability: strictly between 0 and 1); the nearest floats inside keep
+    the decisions as far as a float can tell them apart.
+    """
+    mapped = sigmoid(apply(np.full(len(calibration["scale"]), logits_of(threshold)), calibration))
+    return np.clip(mapped, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
 
 
 def fold_into(linear, calibration):

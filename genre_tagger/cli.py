@@ -146,3 +146,17 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
+
+    def _get_value(self, action, arg_string):
+        # argparse would report a type's ValueError as "invalid value"; a type with parse(text, where)
+        # (genre_tagger.settings.Bounded) names the flag and the allowed range in its own one line.
+        parse = getattr(action.type, "parse", None)
+        if parse is None:
+            return super()._get_value(action, arg_string)
+        return parse(arg_string, flag_of(action))
+
+
+def flag_of(action):
+    """How an error names an argparse action: its long option (--max-genres, not --top-k), else its name."""
+    options = action.option_strings
+    return next((o for o in options if o.startswith("--")), options[0] if options else action.metavar or action.dest)

@@ -20,14 +20,21 @@ def printable(text):
     )
 
 
+def shown_value(text, limit=100):
+    """A value the user gave, printable and cut to `limit` characters: an error line never echoes 5,000 digits."""
+    text = printable(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def first_line(error, limit=300):
     """The first line of an exception's message (its type's name when it has none), for a one-line report."""
     text = str(error).strip()
     return printable(text.splitlines()[0][:limit]) if text else type(error).__name__
 
 
-def write_json(path, payload):
-    with open(path, "w") as f:
+def write_json(path, payload, replace=True):
+    """`payload` as indented JSON; with replace=False an existing `path` raises FileExistsError, never lost."""
+    with open(path, "w" if replace else "x") as f:
         json.dump(payload, f, indent=2, sort_keys=False)
         f.write("\n")
 

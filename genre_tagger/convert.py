@@ -42,10 +42,14 @@ def convert_run(folder):
     return True
 
 
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(description="Convert a run saved by an older train.py to the current format.")
     parser.add_argument("run", help="run folder (not the zip)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     folder = run_folder_to_change(args.run)
     if not convert_run(folder):
         print(f"{folder} is already a current run; nothing to do")

@@ -24,31 +24,40 @@ SUMMARY_KEYS = ("macro_f1", "micro_f1", "macro_roc_auc", "hamming_loss")
 CALIBRATION_KEYS = ("micro_ece", "macro_ece", "brier", "log_loss")
 
 
-def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
-    """Train and test one model per fold, print mean ± std per metric and write `<output>-cv<K>.json`."""
+def cross_validate(args, movies, binarizer, base_path, base_model, tokenizer, exclude=None, relabel=None):
+    """Train and test one model per fold, print mean ± std per metric and write `<output>-cv<K>.json`.
+
+    `movies` are the rows as read; `exclude` and `relabel` (data.read_corrections) change each fold's own
+    training rows only, as train.py's are: validation and test rows keep their labels.
+    """
     from genre_tagger import calibration as gcal
     from genre_tagger.modeling import positive_weights, predict_logits
     from genre_tagger.training import train_model
 
-    output = Path(args.output)
+    texts, labels = movies["text"].tolist(), list(binarizer.classes_)
+    Y = gdata.encode_labels(binarizer, movies["labels"])
     fold_results = []
     out_of_fold = {"raw": np.zeros(Y.shape), "after": np.zeros(Y.shape), "rows": []}  # logits, every row once
     for fold, (rest, held_out) in enumerate(gdata.stratified_folds(Y, args.folds, args.split_seed)):
         inner_train, inner_val = gdata.stratified_split(Y[rest], args.val_fraction, args.split_seed)
         tr, va = rest[inner_train], rest[inner_val]
+        Y_train, corrections = Y[tr], {}
+        if exclude or relabel:
+            corrected, tr, corrections = gdata.apply_corrections(movies, tr, exclude, relabel)
+            Y_train = gdata.encode_labels(binarizer, corrected["labels"].iloc[tr])
         print(f"fold {fold + 1}/{args.folds}: train {len(tr)} | validation {len(va)} | test {len(held_out)}")
         checkpoints = save.start_checkpoints(
             Path(args.checkpoint_dir) / f"fold-{fold}", args, labels, base_model, distributed.world_size(),
             write=distributed.is_main_process(),
         )  # fmt: skip
         model, _ = train_model(
-            args, base_path, labels, tokenizer, [texts[i] for i in tr], Y[tr], [texts[i] for i in va], Y[va],
+            args, base_path, labels, tokenizer, [texts[i] for i in tr], Y_train, [texts[i] for i in va], Y[va],
             checkpoints,
         )  # fmt: skip
         if not distributed.is_main_process():
             continue  # under torchrun the main process alone tests each fold and writes
         test_fold = [texts[i] for i in held_out]
-        offsets = np.log(positive_weights(Y[tr], args.pos_weight).astype(np.float64))
+        offsets = np.log(positive_weights(Y_train, args.pos_weight).astype(np.float64))
         raw_val = predict_logits(model, tokenizer, [texts[i] for i in va], args.max_length)
         raw_test = predict_logits(model, tokenizer, test_fold, args.max_length)
         calibration = gcal.fit(raw_val, Y[va], args.calibrate, offsets=offsets)
@@ -65,7 +74,9 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
                 stage: {k: reports[f"test_{stage}"][k] for k in CALIBRATION_KEYS} for stage in ("before", "after")
             },
         }
-        baseline_fold = fit_baseline([texts[i] for i in tr], Y[tr], args.seed)
+        if corrections:
+            result["corrections"] = corrections
+        baseline_fold = fit_baseline([texts[i] for i in tr], Y_train, args.seed)
         result["baseline"] = gmetrics.multilabel_metrics(
             Y[held_out], baseline_probabilities(baseline_fold, test_fold), args.threshold
         )
@@ -92,7 +103,7 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
         stage: {k: pooled[f"out_of_fold_{stage}"][k] for k in CALIBRATION_KEYS} for stage in ("before", "after")
     }
     print(f"calibration ({args.calibrate}), every row out-of-fold: {gcal.format_change(pooled, 'out_of_fold')}")
-    cv_path = output.parent / f"{output.name}-cv{args.folds}.json"
+    cv_path = save.cross_validation_path(args)
     cv_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(
         cv_path,
@@ -103,6 +114,7 @@ def cross_validate(args, texts, Y, labels, base_path, base_model, tokenizer):
             "folds": fold_results,
             "summary": summary,
         },
+        replace=False,  # checked before training (save.paths_problem); a file created since then is kept too
     )
     print(f"cross-validation results written to {cv_path}")
     return cv_path
@@ -122,17 +134,19 @@ def main(argv=None):
     for folder in save.checkpoint_folders(args):
         if problem := save.checkpoint_problem(folder):
             raise UserError(problem)
-    distributed.setup(args.threads)
     if Path(args.data) == gdata.DEFAULT_DATA_PATH:
         gdata.ensure_dataset(args.data)
     movies, cleaning = gdata.load_labelled_csv(args.data, args.text_column, args.label_column)
+    # As train.py: checked against every row read, before anything trains; applied to each fold's training rows.
+    exclude = gdata.read_corrections(args.exclude_rows, movies, "--exclude-rows") if args.exclude_rows else None
+    relabel = gdata.read_corrections(args.relabel, movies, "--relabel", with_genres=True) if args.relabel else None
     if args.limit:
         movies = movies.head(args.limit).reset_index(drop=True)
     if len(movies) < 50:
         raise UserError(f"{args.data} has {len(movies)} usable rows; cross-validation needs at least 50")
+    distributed.setup(args.threads)  # torch loads here: wrong data or corrections were refused without it
     print(f"{args.data}: {cleaning}")
     binarizer = gdata.fit_binarizer(movies["labels"])
-    Y = gdata.encode_labels(binarizer, movies["labels"])
 
     from transformers import AutoTokenizer
 
@@ -143,7 +157,7 @@ def main(argv=None):
         print(f"note: {fallback_note}")
     print(f"base model: {base_model}")
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    cross_validate(args, movies["text"].tolist(), Y, list(binarizer.classes_), base_path, base_model, tokenizer)
+    cross_validate(args, movies, binarizer, base_path, base_model, tokenizer, exclude, relabel)
     return 0
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from genre_tagger import UserError
 from genre_tagger.common import printable, sha256_of
+from genre_tagger.settings import row_number
 
 DATA_URL = (
     "https://raw.githubusercontent.com/donalcarr/Datasets/caf0f03a40407b752cbfbb817623816d3b9c3a78/IMDB-Movie-Data.csv"
@@ -310,8 +311,9 @@ def read_corrections(path, movies, what, with_genres=False):
     """A CSV of row corrections (the label audit's format), checked against the loaded rows.
 
     It needs a `row` column (the row number in the --data CSV, header = row 1) and, with `with_genres`,
-    a `genres` column of corrected comma-separated genres, each one the data already has. A row that is not
-    a usable row of the data, a row named twice, or an unknown genre is an error naming it.
+    a `genres` column of corrected comma-separated genres, each one the data already has. A row id that is not
+    a whole number within the data's rows (settings.row_number), a row that is not a usable row of the data, a
+    row named twice, or an unknown genre is an error naming it.
     Returns {"file", "sha256", "rows": {row number: [genres] or None}}.
     """
     from genre_tagger.common import from_spreadsheet_safe
@@ -325,13 +327,11 @@ def read_corrections(path, movies, what, with_genres=False):
             f"it needs {' and '.join(repr(c) for c in needed)}, as the label audit writes them"
         )
     known_rows = set(movies["source_row"].tolist())
+    row_numbers = row_number(max(known_rows, default=1))
     known_genres = {label for row in movies["labels"] for label in row}
     rows = {}
     for index, (number, cell) in enumerate(zip(frame.attrs["source_rows"], frame["row"])):
-        value = from_spreadsheet_safe(cell).strip()
-        if not value.isdigit():
-            raise UserError(f"{what} {path}: row {number} has row {printable(value)!r}, not a row number")
-        row = int(value)
+        row = row_numbers.parse(from_spreadsheet_safe(cell), f"{what} {path}, line {number}: 'row'")
         if row not in known_rows:
             raise UserError(
                 f"{what} {path}: row {number} names row {row}, which is not a usable row of the data "

@@ -15,7 +15,6 @@ probabilities predict.py computes), the shared split.csv, manifest.json, and a z
 predict.py, load_tagger and serve.py open it like any run; Hugging Face's auto classes refuse it.
 """
 
-import math
 import platform
 import shutil
 import time
@@ -44,7 +43,6 @@ from genre_tagger.run import (
     ENSEMBLE_MODEL_TYPE,
     ZIP_LEFT_OUT,
     Run,
-    is_probability,
     zip_path_of,
 )
 from genre_tagger.save import (
@@ -56,7 +54,7 @@ from genre_tagger.save import (
     zip_folder,
     zip_replace_problem,
 )
-from genre_tagger.settings import goals_problem
+from genre_tagger.settings import MAX_ENSEMBLE_WEIGHT, bounded_float, goals_problem, probability
 
 MEMBER_FILES = ("config.json", "tokenizer.json", "thresholds.json", "train_config.json", CALIBRATION_FILE)
 SPLIT_COLUMNS = ["split", "labels", "text"]
@@ -72,14 +70,15 @@ def build_parser():
     p.add_argument("--output", required=True, help="ensemble run folder to write; a .zip of it is written beside")
     p.add_argument(
         "--weights",
-        type=float,
+        type=bounded_float(0, MAX_ENSEMBLE_WEIGHT, low_open=True),
         nargs="+",
         default=None,
-        help="one positive weight per run, in the same order; normalised to sum to 1 (default: equal weights)",
+        help=f"one weight per run, above 0 and at most {MAX_ENSEMBLE_WEIGHT}, in the same order; normalised to sum to 1 "
+        "(default: equal weights)",
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=probability(),
         default=DEFAULT_THRESHOLD,
         help="default decision point on the averaged uncalibrated probabilities, 0-1 exclusive; kept per genre on "
         "the calibrated scale in thresholds.json (default: %(default)s)",
@@ -106,10 +105,6 @@ def settings_problem(args):
         return "give at least two runs to average"
     if args.weights is not None and len(args.weights) != len(args.runs):
         return f"--weights needs one weight per run ({len(args.runs)}), not {len(args.weights)}"
-    if args.weights is not None and not all(math.isfinite(w) and 0 < w <= 1e6 for w in args.weights):
-        return "--weights must be positive numbers (up to 1e6)"
-    if not is_probability(args.threshold):
-        return f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}"
     if problem := goals_problem(args.threshold_goal):
         return f"--threshold-goal: {problem}"
     output = Path(args.output)

@@ -8,10 +8,14 @@ from genre_tagger.run import ONNX_FILES
 from genre_tagger.save import reseal, run_folder_to_change
 
 
-def main(argv=None):
+def build_parser():
     parser = ArgumentParser(description="Add an ONNX export to a run folder written by train.py.")
     parser.add_argument("run", help="run folder (not the zip); refused if its files no longer match its manifest")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     folder = run_folder_to_change(args.run, rewritten=ONNX_FILES)
     from genre_tagger.modeling import export_run
 

@@ -24,7 +24,6 @@ the label audit's suspects; for titles imported with their genres), `import` by 
 """
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser
 from genre_tagger.common import first_line, note, printable, spreadsheet_safe
+from genre_tagger.settings import bounded_float, bounded_int, row_number, threads
 
 SCHEMA_VERSION = 2  # 1: no request ids; 2: decisions.request_id, unique (retries are not decided twice)
 STRATEGIES = ("uncertain", "audit", "import")
@@ -45,6 +45,7 @@ MAX_REVIEWER_CHARS = 100
 MAX_REQUEST_ID_CHARS = 100
 MAX_DB_ID = 2**63 - 1  # SQL's BIGINT: ids and versions past it are refused where they are parsed
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's write lock before giving up
+AUDIT_ROWS_AT_MOST = 10**18  # an audit row id past this is no row of any CSV that can be imported
 CANDIDATES = 9  # genres offered as toggles (keys 1-9), the suggested ones and then the most probable
 IMPORT_CHUNK_ROWS = (
     2048  # rows read, tagged and stored at a time (one transaction each), as predict.py --input tags them
@@ -639,18 +640,13 @@ def read_audit_scores(path):
     for column in ("row", "label_quality"):
         if column not in frame.columns:
             raise UserError(f"--audit {path} has no column {column!r}; give the CSV genre_tagger.audit wrote")
+    # The audit is not checked against --input's rows here: a row it names that was not imported orders nothing.
+    rows, qualities = row_number(AUDIT_ROWS_AT_MOST), bounded_float(0, 1)
     scores = {}
     for number, row, score in zip(frame.attrs["source_rows"], frame["row"], frame["label_quality"]):
-        row = row.strip()
-        if not (row.isascii() and row.isdigit() and len(row) <= 18):
-            raise UserError(f"--audit {path}: row {number} has row {printable(row)[:40]!r}, not a row number")
-        try:
-            value = float(score)
-        except ValueError:
-            value = math.nan
-        if not 0 <= value <= 1:
-            raise UserError(f"--audit {path}: row {number} has label_quality {printable(score)[:40]!r}, not 0 to 1")
-        scores[row] = value
+        where = f"--audit {path}, line {number}"
+        key = str(rows.parse(row, f"{where}: 'row'"))  # the id import gives a title imported without --id-column
+        scores[key] = qualities.parse(score, f"{where}: 'label_quality'")
     return scores
 
 
@@ -812,7 +808,7 @@ def import_titles(args):
     with Run.open(args.model) as run:
         sha256, labels = run_identity(run), run.labels
         thresholds = run.thresholds_for("default")
-        tagger = open_tagger(run, "auto", None, args.threads or 0)
+        tagger = open_tagger(run, "auto", None, args.threads)
     with ReviewStore.open(args.db) as store:  # created only now: a bad run leaves no empty store behind
         per_genre = [thresholds] * len(labels) if isinstance(thresholds, float) else list(thresholds)
         run_id = store.add_run(sha256, args.model, labels, per_genre)
@@ -913,16 +909,6 @@ def show_status(args):
     return 0
 
 
-def _positive_int(flag, high):
-    def parse(text):
-        value = text.strip()
-        if not (value.isascii() and value.isdigit()) or len(value) > 6 or not 1 <= int(value) <= high:
-            raise UserError(f"{flag} must be a whole number from 1 to {high}, not {printable(text)[:40]!r}")
-        return int(value)
-
-    return parse
-
-
 def build_parser():
     p = ArgumentParser(
         prog="python -m genre_tagger.review",
@@ -960,10 +946,10 @@ def build_parser():
     tag.add_argument("--audit", default=None, metavar="AUDIT_CSV",
                      help="the label audit's CSV for this --input: its out-of-fold label quality orders the audit queue "
                           "(default: the run's own probabilities score the given genres)")  # fmt: skip
-    tag.add_argument("--batch-size", type=_positive_int("--batch-size", 1024), default=32,
+    tag.add_argument("--batch-size", type=bounded_int(1, 1024), default=32,
                      help="descriptions per forward pass, 1 to 1024 (default: %(default)s)")  # fmt: skip
-    tag.add_argument("--threads", type=_positive_int("--threads", 1024), default=None,
-                     help="CPU threads for inference (default: all cores)")  # fmt: skip
+    tag.add_argument("--threads", type=threads(), default=0,
+                     help="CPU threads for inference (default: 0 = all cores)")  # fmt: skip
     out = commands.add_parser("export", help="write the accepted titles as a --relabel file or a labelled CSV")
     out.add_argument("--db", required=True, help=db_help)
     out.add_argument("--output", required=True, help="CSV to write (never replaces a file)")

@@ -40,7 +40,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from genre_tagger import UserError
-from genre_tagger.common import first_line, printable, sha256_of
+from genre_tagger.common import first_line, printable, sha256_of, shown_value
 
 DEFAULT_RUN = Path("models/genre-classifier")
 MANIFEST = "manifest.json"
@@ -92,10 +92,10 @@ def parse_threshold(choice, flag="--threshold"):
         value = float(choice)
     except (TypeError, ValueError):
         raise UserError(
-            f"{flag} must be a number in (0, 1), 'default', 'tuned' or 'tuned-global', not {printable(str(choice))!r}"
+            f"{flag} must be a number in (0, 1), 'default', 'tuned' or 'tuned-global', not {shown_value(choice)!r}"
         ) from None
     if not is_probability(value):
-        raise UserError(f"{flag} must be between 0 and 1 (exclusive), not {printable(str(choice))}")
+        raise UserError(f"{flag} must be between 0 and 1 (exclusive), not {shown_value(choice)}")
     return value
 
 

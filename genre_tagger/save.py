@@ -313,8 +313,20 @@ def _overlap(a, b):
     return a == b or a in b.parents or b in a.parents
 
 
+def cross_validation_path(args):
+    """Where --folds K writes its results: `<output>-cv<K>.json`, beside --output."""
+    output = Path(args.output)
+    return output.parent / f"{output.name}-cv{args.folds}.json"
+
+
 def paths_problem(args):
-    """Why --output, its zip, the checkpoint folders and the input files would overlap, or None."""
+    """Why --output, its zip, the checkpoint folders and the input files would overlap, or a cross-validation's
+    results file would replace an earlier one; or None."""
+    if args.folds and ((results := cross_validation_path(args)).exists() or results.is_symlink()):
+        return (
+            f"--output {args.output} with --folds {args.folds} would replace {results}; move it or choose another "
+            "--output so nothing of yours is replaced"
+        )
     output = Path(args.output).resolve()
     for folder in output.parents:
         if (folder / MANIFEST).is_file() or (

@@ -8,6 +8,7 @@ same rounding): a request served alone gets exactly the numbers `predict.py --js
 import asyncio
 import json
 import logging
+import math
 import queue
 import re
 import threading
@@ -87,6 +88,18 @@ def load_served_run(path, variant=None, threads=0, spinning=False):
         "settings": {key: train_config["settings"].get(key) for key in ("epochs", "lr", "batch_size", "seed")},
     }
     return ServedRun(labels, thresholds, saved_thresholds, description, tagger)
+
+
+def finite_or_null(value):
+    """`value` with every NaN and infinity as None: json.loads reads them from a run's files (a metric of a
+    genre without positives, a hand-edited file), but a JSON response cannot carry them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 # %% Requests and responses
@@ -726,12 +739,9 @@ def create_app(
 
     @app.get(f"/{API_VERSION}/model", summary="The run being served: base model, metrics, thresholds, version")
     async def model():
-        return {
-            "api_version": API_VERSION,
-            **run.description,
-            "thresholds": run.saved_thresholds,
-            "serving": settings,
-        }
+        return finite_or_null(
+            {"api_version": API_VERSION, **run.description, "thresholds": run.saved_thresholds, "serving": settings}
+        )
 
     @app.get(f"/{API_VERSION}/stats", summary="Requests, descriptions and batches served so far")
     async def stats():

@@ -1,15 +1,19 @@
-"""Validation of train.py's, predict.py's and serve.py's settings before any work starts: one line naming the allowed range.
+"""Settings checked before any work starts: one line naming the flag and the allowed range.
 
-Pure functions of the parsed arguments (and the machine's core count), so they are tested and fuzzed
-without running either script.
+Every numeric flag of every command parses through one `Bounded` type (bounded_int, bounded_float,
+probability, seed, threads), and numbers in input files (the row ids of --exclude-rows and --relabel)
+through the same; what is left here are the checks that relate flags to each other, as pure functions of
+the parsed arguments, so they are tested and fuzzed without running any script.
 """
 
 import math
 import os
+import re
 from pathlib import Path
 
+from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser
-from genre_tagger.run import is_probability
+from genre_tagger.common import shown_value
 
 DEFAULT_BASE_MODEL = "distilbert-base-uncased"
 OFFLINE_MODEL_ALIAS = "minilm"  # the all-MiniLM-L6-v2 that requirements.txt installs
@@ -17,75 +21,108 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 MAX_TOKENS = 512  # the position limit of BERT-family encoders
 MAX_PREDICT_BATCH = 4096
 MAX_CONCURRENCY = 65_536  # serve.py's --limit-concurrency: far past what one process serves, well within file limits
+MAX_ENSEMBLE_WEIGHT = 1000  # any ratio of members' weights a user means; their sum stays finite
 
 
 def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _in(value, low, high, low_open=False, high_open=False):
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    return (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
-def _first_problem(checks):
-    return next((message for ok, message in checks if not ok), None)
+def _format(end):
+    return f"{end:g}" if isinstance(end, float) else str(end)
 
 
-def train_settings_problem(args, cores=None):
-    """What is wrong with train.py's numeric settings, or None. Row-count checks come after loading the data."""
-    cores = cores or available_cores()
+class Bounded:
+    """A number in [low, high] (either end optionally open) read from text: every numeric flag's argparse type,
+    and the reader of numbers in input files.
+
+    Only ASCII digits are read: int() and float() also take '²', '١', '1_000', 'nan' and 'inf', and a
+    4,300-digit int() raises. Anything else, or a value out of range, is one UserError naming where it came
+    from (genre_tagger.cli.ArgumentParser passes the flag) and the allowed range.
+    `zero_means` says what 0 stands for: with low > 0 it also lets 0 through (e.g. "off").
+    """
+
+    def __init__(self, kind, low, high, *, low_open=False, high_open=False, zero_means=None):
+        self.kind, self.low, self.high = kind, low, high
+        self.low_open, self.high_open, self.zero_means = low_open, high_open, zero_means
+        # A whole number with more digits than the larger bound is out of range: no need to build it.
+        self._most_digits = len(str(max(abs(int(low)), abs(int(high)))))
+
+    def allows(self, value):
+        if self.zero_means and self.low > 0 and value == 0:
+            return True
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self):
+        low = _format(self.low) + (f" ({self.zero_means})" if self.zero_means and self.low == 0 else "")
+        text = f"{'a whole number' if self.kind is int else 'a number'} between {low} and {_format(self.high)}"
+        if self.low_open and self.high_open:
+            text += " (exclusive)"
+        elif self.low_open or self.high_open:
+            text += f" ({_format(self.low if self.low_open else self.high)} excluded)"
+        return f"0 ({self.zero_means}) or {text}" if self.zero_means and self.low > 0 else text
+
+    def _number(self, text):
+        if self.kind is int:
+            if not _WHOLE_NUMBER.fullmatch(text) or len(text.lstrip("+-").lstrip("0")) > self._most_digits:
+                return None
+            return int(text)
+        if not _DECIMAL_NUMBER.fullmatch(text):
+            return None
+        value = float(text)
+        return value if math.isfinite(value) else None
+
+    def parse(self, text, where="the value"):
+        """`text` as a number in range, or a UserError `<where> must be <the range>, not <text>`."""
+        value = self._number(str(text).strip())
+        if value is None or not self.allows(value):
+            given = shown_value(text)
+            raise UserError(f"{where} must be {self.describe()}, not {given if given.strip() else repr(given)}")
+        return value
+
+    def __call__(self, text):  # argparse checks that a type is callable; ArgumentParser calls parse with the flag
+        return self.parse(text)
+
+
+def bounded_int(low, high, zero_means=None):
+    return Bounded(int, low, high, zero_means=zero_means)
+
+
+def bounded_float(low, high, low_open=False, high_open=False, zero_means=None):
+    return Bounded(float, low, high, low_open=low_open, high_open=high_open, zero_means=zero_means)
+
+
+def probability():
+    return bounded_float(0, 1, low_open=True, high_open=True)
+
+
+def seed():
+    return bounded_int(0, MAX_SEED)
+
+
+def threads(cores=None):
+    return bounded_int(0, cores or available_cores(), zero_means="all cores")
+
+
+def row_number(last_row):
+    """A row number of a CSV whose last row is `last_row` (the header is row 1, so data rows start at 2)."""
+    return bounded_int(2, last_row)
+
+
+def train_settings_problem(args):
+    """What is wrong with train.py's settings beyond each number's own range (the parser checks those), or None.
+
+    Row-count checks come after loading the data.
+    """
     goal_problem = goals_problem(args.threshold_goal)
     return _first_problem(
         [
-            (_in(args.epochs, 1, 10_000), f"--epochs must be between 1 and 10000, not {args.epochs}"),
-            (_in(args.batch_size, 1, 65_536), f"--batch-size must be between 1 and 65536, not {args.batch_size}"),
-            (
-                _in(args.max_length, 1, MAX_TOKENS),
-                f"--max-length must be between 1 and {MAX_TOKENS} tokens, not {args.max_length}",
-            ),
-            (_in(args.patience, 1, 10_000), f"--patience must be between 1 and 10000, not {args.patience}"),
-            (_in(args.grad_accum, 1, 10_000), f"--grad-accum must be between 1 and 10000, not {args.grad_accum}"),
-            (_in(args.limit, 0, 10**9), f"--limit must be 0 (all rows) or a positive row count, not {args.limit}"),
-            (_in(args.dropout, 0, 1, high_open=True), f"--dropout must be in [0, 1), not {args.dropout}"),
-            (_in(args.lr, 0, 1, low_open=True), f"--lr must be in (0, 1], not {args.lr}"),
-            (_in(args.head_lr, 0, 1), f"--head-lr must be in [0, 1] (0 = same as --lr), not {args.head_lr}"),
-            (_in(args.layer_decay, 0, 1, low_open=True), f"--layer-decay must be in (0, 1], not {args.layer_decay}"),
-            (_in(args.weight_decay, 0, 1), f"--weight-decay must be in [0, 1], not {args.weight_decay}"),
-            (
-                _in(args.warmup_ratio, 0, 1, high_open=True),
-                f"--warmup-ratio must be in [0, 1), not {args.warmup_ratio}",
-            ),
-            (
-                _in(args.val_fraction, 0, 0.5, True, True) and _in(args.test_fraction, 0, 0.5, True, True),
-                "--val-fraction and --test-fraction must be between 0 and 0.5 (exclusive)",
-            ),
-            (
-                is_probability(args.threshold),
-                f"--threshold must be between 0 and 1 (exclusive), not {args.threshold}",
-            ),
-            (
-                args.folds == 0 or _in(args.folds, 2, 20),
-                f"--folds must be 0 (off) or between 2 and 20, not {args.folds}",
-            ),
-            (_in(args.seed, 0, MAX_SEED), f"--seed must be between 0 and {MAX_SEED}, not {args.seed}"),
-            (
-                args.split_seed is None or _in(args.split_seed, 0, MAX_SEED),
-                f"--split-seed must be between 0 and {MAX_SEED}, not {args.split_seed}",
-            ),
-            (
-                _in(args.save_steps, 0, 10**9),
-                f"--save-steps must be 0 (every epoch) or a positive step count, not {args.save_steps}",
-            ),
-            (
-                _in(args.save_total_limit, 1, 1000),
-                f"--save-total-limit must be between 1 and 1000, not {args.save_total_limit}",
-            ),
-            (
-                _in(args.threads, 0, cores),
-                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
-            ),
             (
                 bool(args.text_column.strip()) and bool(args.label_column.strip()),
                 "--text-column and --label-column must name a column",
@@ -94,6 +131,10 @@ def train_settings_problem(args, cores=None):
             (goal_problem is None, f"--threshold-goal: {goal_problem}"),
         ]
     )
+
+
+def _first_problem(checks):
+    return next((message for ok, message in checks if not ok), None)
 
 
 def goals_problem(items, labels=None):
@@ -129,7 +170,10 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         "--test-data", default=None, help="labelled CSV to test on, instead of carving a test split out of --data"
     )
     p.add_argument(
-        "--limit", type=int, default=0, help="use only the first N rows of --data, for quick trials (default: all)"
+        "--limit",
+        type=bounded_int(0, 10**9, zero_means="all rows"),
+        default=0,
+        help="use only the first N rows of --data, for quick trials (default: all)",
     )
     p.add_argument(
         "--exclude-rows",
@@ -157,15 +201,23 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         help="how token vectors become one vector (default: %(default)s)",
     )
     p.add_argument(
-        "--dropout", type=float, default=0.1, help="dropout before the classifier layer (default: %(default)s)"
+        "--dropout",
+        type=bounded_float(0, 1, high_open=True),
+        default=0.1,
+        help="dropout before the classifier layer (default: %(default)s)",
     )
     p.add_argument(
-        "--max-length", type=int, default=128, help="truncate texts to this many tokens (default: %(default)s)"
+        "--max-length",
+        type=bounded_int(1, MAX_TOKENS),
+        default=128,
+        help="truncate texts to this many tokens (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=int, default=10, help="maximum training epochs (default: %(default)s)")
+    p.add_argument(
+        "--epochs", type=bounded_int(1, 10_000), default=10, help="maximum training epochs (default: %(default)s)"
+    )
     p.add_argument(
         "--patience",
-        type=int,
+        type=bounded_int(1, 10_000),
         default=3,
         help="stop after this many evaluations without a better --select-by metric (default: %(default)s)",
     )
@@ -177,33 +229,40 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=bounded_int(1, 65_536),
         default=16,
         help="training rows per step in each process; under torchrun an optimizer step sees batch-size x processes x --grad-accum rows (default: %(default)s)",
     )
     p.add_argument(
         "--grad-accum",
-        type=int,
+        type=bounded_int(1, 10_000),
         default=1,
         help="add up the gradients of K steps before each optimizer step: a K times larger batch in the same memory (default: %(default)s)",
     )
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the encoder (default: %(default)s)")
+    p.add_argument(
+        "--lr",
+        type=bounded_float(0, 1, low_open=True),
+        default=1e-4,
+        help="peak learning rate of the encoder (default: %(default)s)",
+    )
     p.add_argument(
         "--head-lr",
-        type=float,
+        type=bounded_float(0, 1, zero_means="same as --lr"),
         default=2e-3,
         help="peak learning rate of the new classifier layer; 0 = same as --lr (default: %(default)s)",
     )
     p.add_argument(
         "--layer-decay",
-        type=float,
+        type=bounded_float(0, 1, low_open=True),
         default=1.0,
         help="encoder layer i of L learns at lr * DECAY ** (L - i); 1 = same lr everywhere (default: %(default)s)",
     )
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument(
+        "--weight-decay", type=bounded_float(0, 1), default=0.01, help="AdamW weight decay (default: %(default)s)"
+    )
     p.add_argument(
         "--warmup-ratio",
-        type=float,
+        type=bounded_float(0, 1, high_open=True),
         default=0.1,
         help="fraction of steps with linear learning-rate warm-up (default: %(default)s)",
     )
@@ -214,23 +273,26 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         help="per-genre weight of positives in the BCE loss: none, sqrt-dampened or full negatives/positives (default: %(default)s, the best measured; bench/QUALITY.md)",
     )
     p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="fraction of rows for validation (default: %(default)s)"
+        "--val-fraction",
+        type=bounded_float(0, 0.5, low_open=True, high_open=True),
+        default=0.1,
+        help="fraction of rows for validation (default: %(default)s)",
     )
     p.add_argument(
         "--test-fraction",
-        type=float,
+        type=bounded_float(0, 0.5, low_open=True, high_open=True),
         default=0.1,
         help="fraction of rows for test, unless --test-data (default: %(default)s)",
     )
     p.add_argument(
         "--folds",
-        type=int,
+        type=bounded_int(2, 20, zero_means="off"),
         default=0,
         help="run K-fold stratified cross-validation instead of one run; saves no model (default: off)",
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=probability(),
         default=DEFAULT_THRESHOLD,
         help="the default decision point on the model's uncalibrated probabilities; a calibrated run keeps the same "
         "decisions, recorded per genre on the calibrated scale in thresholds.json (default: %(default)s)",
@@ -253,11 +315,11 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
         "recorded in thresholds.json with the precision and recall reached (default: f1)",
     )
     p.add_argument(
-        "--seed", type=int, default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
+        "--seed", type=seed(), default=42, help="seed for split, initialisation and batch order (default: %(default)s)"
     )
     p.add_argument(
         "--split-seed",
-        type=int,
+        type=seed(),
         default=None,
         help="seed for the split alone, so runs that differ only in --seed share their rows and can be ensembled "
         "(default: --seed)",
@@ -274,13 +336,13 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
     )
     p.add_argument(
         "--save-steps",
-        type=int,
+        type=bounded_int(0, 10**9, zero_means="every epoch"),
         default=0,
         help="evaluate and checkpoint every N optimizer steps (default: 0 = every epoch)",
     )
     p.add_argument(
         "--save-total-limit",
-        type=int,
+        type=bounded_int(1, 1000),
         default=2,
         help="keep at most N checkpoints, the best one included (default: %(default)s)",
     )
@@ -291,7 +353,7 @@ def build_train_parser(description="Fine-tune a multi-label genre classifier and
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=threads(),
         default=0,
         help="CPU threads for torch in each process (default: 0 = all cores, shared out among the processes torchrun starts on this machine)",
     )
@@ -329,9 +391,8 @@ def split_problem(rows, val_fraction, test_fraction, separate_test_file):
     return None
 
 
-def predict_settings_problem(args, cores=None):
-    """What is wrong with predict.py's arguments, or None."""
-    cores = cores or available_cores()
+def predict_settings_problem(args):
+    """What is wrong with predict.py's arguments beyond each number's own range, or None."""
     return _first_problem(
         [
             (
@@ -342,64 +403,8 @@ def predict_settings_problem(args, cores=None):
             (not args.output or bool(args.input), "--output goes with --input"),
             (args.input_format == "auto" or bool(args.input), "--input-format goes with --input"),
             (
-                args.max_genres is None or _in(args.max_genres, 1, 10**6),
-                f"--max-genres must be at least 1, not {args.max_genres}",
-            ),
-            (_in(args.min_genres, 0, 10**6), f"--min-genres must be 0 or more, not {args.min_genres}"),
-            (
                 args.max_genres is None or args.min_genres <= args.max_genres,
                 f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})",
-            ),
-            (
-                _in(args.batch_size, 1, MAX_PREDICT_BATCH),
-                f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, not {args.batch_size}",
-            ),
-            (
-                _in(args.threads, 0, cores),
-                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
-            ),
-        ]
-    )
-
-
-def serve_settings_problem(args, cores=None):
-    """What is wrong with serve.py's arguments, or None."""
-    cores = cores or available_cores()
-    checks = [
-        (
-            _in(getattr(args, name), 1, high),
-            f"--{name.replace('_', '-')} must be between 1 and {high}, not {getattr(args, name)}",
-        )
-        for name, high in (
-            ("max_batch", MAX_PREDICT_BATCH),
-            ("batch_size", MAX_PREDICT_BATCH),
-            ("max_descriptions", MAX_PREDICT_BATCH),
-            ("max_body_kb", 1 << 20),
-        )
-    ]
-    return _first_problem(
-        [
-            *checks,
-            (
-                _in(args.batch_wait_ms, 0, 60_000),
-                f"--batch-wait-ms must be between 0 and 60000, not {args.batch_wait_ms}",
-            ),
-            (_in(args.port, 0, 65535), f"--port must be between 0 and 65535, not {args.port}"),
-            (
-                _in(args.threads, 0, cores),
-                f"--threads must be between 0 (all) and {cores} (the cores available), not {args.threads}",
-            ),
-            (
-                _in(args.graceful_timeout_s, 0, 3600),
-                f"--graceful-timeout-s must be between 0 and 3600, not {args.graceful_timeout_s}",
-            ),
-            (
-                _in(args.limit_concurrency, 1, MAX_CONCURRENCY),
-                f"--limit-concurrency must be between 1 and {MAX_CONCURRENCY} connections, not {args.limit_concurrency}",
-            ),
-            (
-                _in(args.timeout_keep_alive_s, 1, 3600),
-                f"--timeout-keep-alive-s must be between 1 and 3600 seconds, not {args.timeout_keep_alive_s}",
             ),
         ]
     )

@@ -93,7 +93,7 @@ def movies_csv(tmp_path, rows=6):
         (lambda d: ["--data", d / "movies.csv", "--folds", "7"], "fewer than --folds 7"),
         (lambda d: ["--data", d / "movies.csv", "--output", d / "movies.csv"], "is the --data file"),
         (lambda d: ["--data", d / "nothere.csv"], "does not exist"),
-        (lambda d: ["--data", d / "movies.csv", "--folds", "1"], "--folds must be between 2"),
+        (lambda d: ["--data", d / "movies.csv", "--folds", "1"], "--folds must be a whole number between 2 and 20"),
         (lambda d: ["--data", d / "movies.csv", "--output", d / "no" / "a.csv"], "does not exist; create it"),
     ],
 )
@@ -108,6 +108,27 @@ def test_audit_bad_input_is_one_line_exit_2_and_the_input_is_untouched(tmp_path,
     assert not (tmp_path / "audit.csv").exists()
 
 
+@pytest.mark.parametrize("existing", ["mine.csv", "mine-summary.csv", "mine.png"])
+def test_audit_refuses_to_replace_any_file_it_would_write_before_any_work(tmp_path, existing):
+    data = movies_csv(tmp_path)
+    mine = tmp_path / existing
+    mine.write_bytes(b"my own work")
+    result = run_script("-m", "genre_tagger.audit", "--data", data, "--output", tmp_path / "mine.csv", timeout=120)
+    one_line_error(result, "--output would replace", str(mine))
+    assert mine.read_bytes() == b"my own work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"movies.csv", existing})
+
+
+def test_audit_refuses_to_replace_the_noise_report_only_when_it_would_write_one(tmp_path):
+    (tmp_path / "mine-noise.json").write_text("{}")
+    paths = audit.output_paths(tmp_path / "mine.csv")
+    args = audit.build_parser().parse_args(["--output", str(paths[0]), "--data", str(movies_csv(tmp_path))])
+    assert audit._check_outputs(args) == paths
+    args.inject_noise = 0.1
+    with pytest.raises(UserError, match="would replace .*mine-noise.json"):
+        audit._check_outputs(args)
+
+
 def corrections_file(tmp_path, text):
     path = tmp_path / "fix.csv"
     path.write_text(text)
@@ -119,8 +140,12 @@ def corrections_file(tmp_path, text):
     [
         ("title\nx\n", False, "no column 'row'"),
         ("row\n2\n", True, "no column 'genres'"),
-        ("row\n99\n", False, "names row 99, which is not a usable row"),
-        ("row\nabc\n", False, "not a row number"),
+        ("row\n99\n", False, "line 2: 'row' must be a whole number between 2 and 7, not 99"),
+        ("row\nabc\n", False, "line 2: 'row' must be a whole number between 2 and 7, not abc"),
+        ("row\n2\n-1\n", False, "line 3: 'row' must be a whole number between 2 and 7, not -1"),
+        ("row\n1e3\n", False, "not 1e3"),
+        ("row\n²\n", False, "not ²"),
+        ("row\n" + "9" * 5000 + "\n", False, r"not 9{100}\.\.\. \(5000 characters\)$"),
         ("row\n2\n2\n", False, "a second time"),
         ('row,genres\n2,"Action,Westernish"\n', True, "genres the data does not have: Westernish"),
         ("row,genres\n2,\n", True, "no genres"),
@@ -157,4 +182,82 @@ def test_train_refuses_a_corrections_file_naming_a_missing_row_in_one_line(tmp_p
         "train.py", "--data", data, "--exclude-rows", fix, "--model", "minilm", "--output", tmp_path / "run",
         "--checkpoint-dir", tmp_path / "ck", timeout=300,
     )  # fmt: skip
-    one_line_error(result, "names row 500")
+    one_line_error(result, "--exclude-rows", "line 2: 'row' must be a whole number between 2 and 7, not 500")
+
+
+def plots_csv(tmp_path, rows=60):
+    """`rows` movies (CSV rows 2..rows+1), Comedy and Drama taking turns, one plot each."""
+    lines = ["Title,Genre,Description"] + [
+        f"M{i},{'Drama' if i % 2 else 'Comedy'},Plot number {i}." for i in range(rows)
+    ]
+    path = tmp_path / "plots.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--exclude-rows", "--relabel"])
+def test_cross_validation_refuses_a_missing_corrections_file_before_training(tmp_path, flag):
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--data", plots_csv(tmp_path), flag, tmp_path / "gone.csv",
+        "--model", "minilm", "--output", tmp_path / "X", "--checkpoint-dir", tmp_path / "ck", timeout=120,
+    )  # fmt: skip
+    one_line_error(result, "gone.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots.csv"]
+
+
+@pytest.mark.parametrize(("row", "shown"), [("9" * 5000, "not " + "9" * 100 + "... (5000 characters)"), ("²", "not ²")])
+def test_cross_validation_refuses_an_exclude_rows_id_that_is_no_row_number(tmp_path, row, shown):
+    fix = corrections_file(tmp_path, f"row\n2\n{row}\n")
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--data", plots_csv(tmp_path), "--exclude-rows", fix,
+        "--model", "minilm", "--output", tmp_path / "X", "--checkpoint-dir", tmp_path / "ck", timeout=120,
+    )  # fmt: skip
+    line = one_line_error(result, f"--exclude-rows {fix}, line 3: 'row' must be a whole number between 2 and 61", shown)
+    assert len(line) < 300 and not (tmp_path / "ck").exists()
+
+
+def test_cross_validation_corrects_each_folds_training_rows_only_and_records_it(tmp_path, monkeypatch):
+    import json
+
+    from genre_tagger import crossval, modeling, training
+    from genre_tagger.settings import build_train_parser
+
+    trained_on = []
+
+    def fake_train(args, base_path, labels, tokenizer, texts, Y, val_texts, Y_val, checkpoints):
+        trained_on.append(dict(zip(texts, map(tuple, Y.tolist()))))
+        return None, []
+
+    monkeypatch.setattr(training, "train_model", fake_train)
+    monkeypatch.setattr(modeling, "predict_logits", lambda model, tok, texts, length: np.zeros((len(texts), 2)))
+    movies, _ = gdata.load_labelled_csv(plots_csv(tmp_path))
+    exclude = gdata.read_corrections(corrections_file(tmp_path, "row\n2\n3\n"), movies, "--exclude-rows")
+    relabel_path = tmp_path / "relabel.csv"
+    relabel_path.write_text("row,genres\n4,Drama\n")  # row 4 is plot 2, a Comedy
+    relabel = gdata.read_corrections(relabel_path, movies, "--relabel", with_genres=True)
+    args = build_train_parser().parse_args(
+        [
+            "--folds",
+            "2",
+            "--calibrate",
+            "none",
+            "--output",
+            str(tmp_path / "X"),
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+        ]
+    )
+    args.split_seed = args.seed
+    binarizer = gdata.fit_binarizer(movies["labels"])  # classes: Comedy, Drama
+    written = crossval.cross_validate(args, movies, binarizer, "base", "base", None, exclude, relabel)
+    assert len(trained_on) == 2
+    for fold in trained_on:
+        assert "Plot number 0." not in fold and "Plot number 1." not in fold  # rows 2 and 3 left out
+        assert fold.get("Plot number 2.", (0.0, 1.0)) == (0.0, 1.0)  # Drama where it trains, not Comedy
+        assert fold.get("Plot number 4.", (1.0, 0.0)) == (1.0, 0.0)  # an uncorrected row keeps its genre
+    assert sum("Plot number 2." in fold for fold in trained_on) == 1  # trained on once, tested once as given
+    results = json.loads(written.read_text())
+    records = [fold["corrections"] for fold in results["folds"]]
+    assert [r["exclude_rows"]["rows_named"] for r in records] == [2, 2]
+    assert sum(r["relabel"]["applied_to_training_rows"] for r in records) == 1
+    assert all(len(r["relabel"]["sha256"]) == 64 for r in records)

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from conftest import run_script
 from genre_tagger import UserError
 from genre_tagger import calibration as gcal
 from genre_tagger.metrics import decode, goal_threshold, parse_goals, tune_thresholds
-from genre_tagger.run import thresholds_from
+from genre_tagger.run import _check_thresholds, thresholds_from
 
 LABELS = ["Action", "Drama", "Horror"]
 
@@ -77,6 +78,22 @@ def test_the_mapped_threshold_keeps_every_decision_and_undo_inverts_the_map():
     assert np.array_equal(raw >= 0.3, calibrated >= mapped)
     np.testing.assert_allclose(gcal.undo(calibrated, fitted), raw, atol=1e-9)
     assert np.array_equal(gcal.undo(raw, None), raw)
+
+
+def test_a_steep_map_still_gives_thresholds_a_run_may_hold_with_the_same_decisions():
+    # Platt scaling fitted on a few rows: a scale of 1000 sends logit(0.3) far below and far above 0.
+    steep = {"scale": [1000.0, 1000.0, 1.0], "shift": [0.0, 1e4, 0.0]}
+    mapped = gcal.map_threshold(0.3, steep)
+    assert all(0 < t < 1 for t in mapped) and mapped[2] == pytest.approx(0.3)
+    labels = ["A", "B", "C"]
+    saved = {"default": 0.3, "default_per_label": dict(zip(labels, map(float, json.loads(json.dumps(list(mapped))))))}
+    _check_thresholds(saved, labels, "run")  # what the run check reads back from thresholds.json
+    assert mapped[0] == np.nextafter(0.0, 1.0) and mapped[1] == np.nextafter(1.0, 0.0)
+    # A row that the map sends to 1.0 is still tagged, as its uncalibrated probability above 0.3 says.
+    raw = np.array([[0.29, 0.31, 0.31], [0.31, 0.99, 0.29]])
+    calibrated = gcal.apply_to_probabilities(raw, steep)
+    assert calibrated[:, 1].tolist() == [1.0, 1.0]
+    assert np.array_equal((raw >= 0.3)[:, 1:], (calibrated >= mapped)[:, 1:])
 
 
 def test_expected_calibration_error_by_hand():
@@ -181,3 +198,15 @@ def test_threshold_choices_read_the_run_as_saved():
     assert thresholds_from(saved, LABELS, "0.6") == 0.6
     with pytest.raises(UserError, match="'default', 'tuned'"):
         thresholds_from(saved, LABELS, "best")
+
+
+@pytest.mark.slow  # train.py on 60 real rows (a frozen encoder: seconds of fitting)
+def test_platt_on_few_rows_saves_a_run_with_saturated_thresholds_inside_0_1(imdb_csv, tmp_path):
+    result = run_script(
+        "train.py", "--data", imdb_csv, "--limit", "60", "--model", "minilm", "--freeze-encoder",
+        "--calibrate", "platt", "--output", tmp_path / "run", "--checkpoint-dir", tmp_path / "ck", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    defaults = json.loads((tmp_path / "run" / "thresholds.json").read_text())["default_per_label"].values()
+    assert all(0 < t < 1 for t in defaults)
+    assert max(defaults) == np.nextafter(1.0, 0.0)  # this run's steepest genre saturated: the clamp kept it in

@@ -273,7 +273,7 @@ def test_separate_test_file_is_used_instead_of_a_carved_split(tiny_distilbert, i
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--epochs", "0"], "--epochs must be between 1"),
+        (["--epochs", "0"], "--epochs must be a whole number between 1"),
         (["--folds", "1"], "--folds"),
         (["--output", "pyproject.toml"], "is not a genre-tagger run"),
         (["--resume", "--output", "never-trained"], "no checkpoint"),

@@ -186,8 +186,8 @@ def test_members_with_other_labels_or_another_split_are_refused_and_nothing_is_w
     "args, message",
     [
         (["--weights", "1"], "one weight per run"),
-        (["--weights", "1", "-2"], "positive"),
-        (["--threshold", "1.5"], "--threshold must be between 0 and 1"),
+        (["--weights", "1", "-2"], "--weights must be a number between 0 and 1000 (0 excluded), not -2"),
+        (["--threshold", "1.5"], "--threshold must be a number between 0 and 1"),
         (["--threshold-goal", "precision>=2"], "--threshold-goal"),
         (["--threshold-goal", "Horor=f1"], "names Horor, not among the genres"),
         (["--calibrate", "isotonic"], "--calibrate"),

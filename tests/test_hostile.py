@@ -174,9 +174,9 @@ def test_hostile_zips_are_refused_in_one_line(trained, tmp_path):
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--batch-size=-5"], "--batch-size must be between 1"),
+        (["--batch-size=-5"], "--batch-size must be a whole number between 1"),
         (["--batch-size", "0"], "--batch-size"),
-        (["--threads", "100000"], "--threads must be between 0"),
+        (["--threads", "100000"], "--threads must be a whole number between 0"),
         (["--threads", "-1"], "--threads"),
         (["--top-k", "0"], "--max-genres"),
         (["--min-genres", "3", "--max-genres", "2"], "--min-genres"),
@@ -330,12 +330,12 @@ def test_run_files_have_one_mode(trained):
     "flags, fragment",
     [
         (["--limit", "-1"], "--limit"),
-        (["--seed", "-1"], "--seed must be between 0"),
-        (["--dropout", "5"], "--dropout must be in [0, 1)"),
-        (["--lr", "-1"], "--lr must be in (0, 1]"),
+        (["--seed", "-1"], "--seed must be a whole number between 0 and 4294967295"),
+        (["--dropout", "5"], "--dropout must be a number between 0 and 1 (1 excluded)"),
+        (["--lr", "-1"], "--lr must be a number between 0 and 1 (0 excluded)"),
         (["--lr", "inf"], "--lr"),
         (["--threads", "-1"], "--threads"),
-        (["--threads", "100000"], "--threads must be between 0"),
+        (["--threads", "100000"], "--threads must be a whole number between 0"),
         (["--save-steps", "-1"], "--save-steps"),
         (["--weight-decay", "-1"], "--weight-decay"),
         (["--max-length", "100000"], "--max-length"),

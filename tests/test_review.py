@@ -361,12 +361,12 @@ def test_the_label_audits_scores_are_read_range_checked(tmp_path):
     audit.write_text("row,title,label_quality\n5,A,0.25\n3,B,1\n")
     assert read_audit_scores(audit) == {"5": 0.25, "3": 1.0}
     for rows, says in (
-        ("x,A,0.2", "not a row number"),
-        ("9" * 30 + ",A,0.2", "not a row number"),
-        ("²,A,0.2", "not a row number"),
-        ("5,A,1.5", "not 0 to 1"),
-        ("5,A,nan", "not 0 to 1"),
-        ("5,A," + "9" * 400, "not 0 to 1"),
+        ("x,A,0.2", "line 2: 'row' must be a whole number between 2 and"),
+        ("9" * 30 + ",A,0.2", "'row' must be a whole number"),
+        ("²,A,0.2", "'row' must be a whole number"),
+        ("5,A,1.5", "line 2: 'label_quality' must be a number between 0 and 1, not 1.5"),
+        ("5,A,nan", "'label_quality' must be a number between 0 and 1, not nan"),
+        ("5,A," + "9" * 400, r"'label_quality' must be a number between 0 and 1, not 9{100}\.\.\. \(400 characters\)$"),
     ):
         audit.write_text(f"row,title,label_quality\n{rows}\n")
         with pytest.raises(UserError, match=says):

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, run_script
+from genre_tagger import UserError
 from genre_tagger.serving import Batcher, ServedRun, TaggingFailed, create_app
 
 MAX_TOKENS = 8  # so descriptions over 8 * 64 = 512 characters are refused
@@ -358,27 +359,26 @@ def load_serve_module():
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--limit-concurrency", "0"], "--limit-concurrency must be between 1 and 65536 connections"),
-        (["--limit-concurrency", "10000000"], "--limit-concurrency must be between"),
-        (["--timeout-keep-alive-s", "0"], "--timeout-keep-alive-s must be between 1 and 3600 seconds"),
-        (["--timeout-keep-alive-s", "100000"], "--timeout-keep-alive-s must be between"),
-        (["--graceful-timeout-s", "nan"], "--graceful-timeout-s must be between"),
+        (["--limit-concurrency", "0"], "--limit-concurrency must be a whole number between 1 and 65536"),
+        (["--limit-concurrency", "10000000"], "--limit-concurrency must be a whole number between"),
+        (["--timeout-keep-alive-s", "0"], "--timeout-keep-alive-s must be a whole number between 1 and 3600"),
+        (["--timeout-keep-alive-s", "100000"], "--timeout-keep-alive-s must be a whole number between"),
+        (["--graceful-timeout-s", "nan"], "--graceful-timeout-s must be a number between 0 and 3600"),
     ],
 )
 def test_limit_flags_are_validated(flags, says):
-    from genre_tagger.settings import serve_settings_problem
-
     serve = load_serve_module()
-    problem = serve_settings_problem(serve.build_parser().parse_args(flags))
+    with pytest.raises(UserError) as refused:
+        serve.build_parser().parse_args(flags)
+    problem = str(refused.value)
     assert problem.startswith(says) and problem.endswith(f"not {flags[1]}") and "\n" not in problem
     defaults = serve.build_parser().parse_args([])
-    assert serve_settings_problem(defaults) is None
     assert (defaults.limit_concurrency, defaults.timeout_keep_alive_s) == (256, 5)
 
 
 def test_startup_errors_are_one_line_exit_2(tmp_path):
     refused = run_script("serve.py", "--model", tmp_path, "--limit-concurrency", "0")
-    assert refused.returncode == 2 and refused.stderr.startswith("error: --limit-concurrency must be between")
+    assert refused.returncode == 2 and refused.stderr.startswith("error: --limit-concurrency must be a whole")
     assert len(refused.stderr.strip().splitlines()) == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -388,7 +388,9 @@ def test_startup_errors_are_one_line_exit_2(tmp_path):
     assert len(busy.stderr.strip().splitlines()) == 1, busy.stderr
     nowhere = run_script("serve.py", "--model", tmp_path / "nothing", "--host", "192.0.2.1", "--port", "0")
     assert nowhere.returncode == 2 and "could not listen on 192.0.2.1" in nowhere.stderr, nowhere.stderr
-    for flags in (["--port", "abc"], ["--no-such-flag"], ["--onnx-variant", "fp64"]):
+    not_a_port = run_script("serve.py", "--port", "abc")
+    assert not_a_port.stderr == "error: --port must be a whole number between 0 and 65535, not abc\n"
+    for flags in (["--no-such-flag"], ["--onnx-variant", "fp64"]):
         wrong = run_script("serve.py", *flags)
         assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") and "--help" in wrong.stderr
         assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
@@ -402,3 +404,17 @@ def test_stopped_message_tells_the_truth():
     cut = serve.stopped_message(3, 1.5)
     assert "finished" not in cut and "3 in-flight requests were cut off" in cut and "1.5 s" in cut
     assert "1 in-flight request was cut off" in serve.stopped_message(1, 1)
+
+
+def test_the_model_endpoint_shows_non_finite_figures_as_null():
+    from fastapi.testclient import TestClient
+
+    served = fake_run(FakeTagger())
+    served.description["metrics"] = {"test": {"macro_f1": float("nan"), "macro_roc_auc": 0.75}}
+    served.saved_thresholds = {"default": 0.3, "per_label": {"Action": float("inf"), "Drama": 0.4}}
+    with TestClient(create_app(served, batch_wait_ms=0), raise_server_exceptions=False) as test:
+        response = test.get("/v1/model")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["metrics"]["test"] == {"macro_f1": None, "macro_roc_auc": 0.75}
+    assert body["thresholds"]["per_label"] == {"Action": None, "Drama": 0.4}

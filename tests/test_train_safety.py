@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT, run_script
 from genre_tagger import save
+from genre_tagger.common import write_json
 from genre_tagger.settings import build_train_parser
 
 TRAIN = ROOT / "train.py"
@@ -108,6 +109,22 @@ def test_overlapping_paths_are_one_line_from_train_py(tmp_path):
     )
     one_line_error(result, "--output", "--data", "one holds the other")
     assert not (tmp_path / "ck").exists()
+
+
+def test_cross_validation_never_replaces_an_earlier_results_file(tmp_path):
+    earlier = tmp_path / "X-cv2.json"
+    earlier.write_text('{"mine": true}')
+    result = run_script(
+        "-m", "genre_tagger.crossval", "--folds", "2", "--data", tmp_path / "m.csv", "--output", tmp_path / "X",
+        "--checkpoint-dir", tmp_path / "ck", timeout=120,
+    )  # fmt: skip
+    one_line_error(result, "would replace", str(earlier))
+    assert earlier.read_text() == '{"mine": true}' and not (tmp_path / "ck").exists()
+    with pytest.raises(FileExistsError):  # and a file created while the folds train is kept too
+        write_json(earlier, {}, replace=False)
+    assert earlier.read_text() == '{"mine": true}'
+    args = build_train_parser().parse_args(["--output", str(tmp_path / "X"), "--folds", "3"])
+    assert save.paths_problem(args) is None  # another K writes another file
 
 
 def test_separate_paths_pass(tmp_path):
