@@ -25,6 +25,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import first_line, note, printable, umask_mode
+from genre_tagger.settings import MAX_PREDICT_BATCH, bounded_int
 
 JOB_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
@@ -32,6 +33,7 @@ JOB_FORMAT = 1
 OUTPUT_FORMATS = ("parquet", "jsonl", "csv")
 INPUT_FORMATS = ("auto", "csv", "jsonl", "parquet")
 MAX_WORKERS = 4096
+MAX_THREADS_PER_WORKER = 1024
 MAX_ROWS_PER_SHARD = 10**7
 # What this tool writes into --output: its two JSON files, finished shards and their temporary names.
 OWN_NAME = re.compile(
@@ -51,10 +53,16 @@ def build_parser():
         "--address", help="Ray cluster to join ('auto': the one `ray start` runs here); default: a local one"
     )
     p.add_argument(
-        "--workers", type=int, default=0, help="tagging actors (default: 0 = the cluster's CPUs / --threads-per-worker)"
+        "--workers",
+        type=bounded_int(0, MAX_WORKERS, zero_means="the cluster's CPUs / --threads-per-worker"),
+        default=0,
+        help="tagging actors (default: 0 = the cluster's CPUs / --threads-per-worker)",
     )
     p.add_argument(
-        "--threads-per-worker", type=int, default=1, help="CPU threads (Ray num_cpus) of each actor (default: 1)"
+        "--threads-per-worker",
+        type=bounded_int(1, MAX_THREADS_PER_WORKER),
+        default=1,
+        help="CPU threads (Ray num_cpus) of each actor (default: 1)",
     )
     p.add_argument("--format", choices=OUTPUT_FORMATS, default="parquet", help="shard format (default: %(default)s)")
     p.add_argument(
@@ -68,13 +76,18 @@ def build_parser():
     p.add_argument(
         "--threshold", default="default", help="as predict.py's: default, tuned, tuned-global or a probability"
     )
-    p.add_argument("--max-genres", type=int, help="tag at most N genres, most probable first")
-    p.add_argument("--min-genres", type=int, default=0, help="tag at least N genres (default: 0)")
+    p.add_argument("--max-genres", type=bounded_int(1, 10**6), help="tag at most N genres, most probable first")
+    p.add_argument("--min-genres", type=bounded_int(0, 10**6), default=0, help="tag at least N genres (default: 0)")
     p.add_argument("--onnx-variant", choices=["int8", "fp32"], help="which ONNX file (default: the run's choice)")
-    p.add_argument("--batch-size", type=int, default=32, help="descriptions per forward pass (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=bounded_int(1, MAX_PREDICT_BATCH),
+        default=32,
+        help="descriptions per forward pass (default: %(default)s)",
+    )
     p.add_argument(
         "--rows-per-shard",
-        type=int,
+        type=bounded_int(1, MAX_ROWS_PER_SHARD),
         default=10_000,
         help="rows per output shard, the unit of work and of resuming (default: %(default)s)",
     )
@@ -89,22 +102,9 @@ def build_parser():
 
 
 def settings_problem(args):
-    from genre_tagger.settings import MAX_PREDICT_BATCH, _first_problem, _in
-
-    return _first_problem(
-        [
-            (_in(args.workers, 0, MAX_WORKERS), f"--workers must be between 0 (auto) and {MAX_WORKERS}, not {args.workers}"),
-            (_in(args.threads_per_worker, 1, 1024), f"--threads-per-worker must be between 1 and 1024, not {args.threads_per_worker}"),
-            (_in(args.batch_size, 1, MAX_PREDICT_BATCH), f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, not {args.batch_size}"),
-            (_in(args.rows_per_shard, 1, MAX_ROWS_PER_SHARD), f"--rows-per-shard must be between 1 and {MAX_ROWS_PER_SHARD}, not {args.rows_per_shard}"),
-            (args.max_genres is None or _in(args.max_genres, 1, 10**6), f"--max-genres must be at least 1, not {args.max_genres}"),
-            (_in(args.min_genres, 0, 10**6), f"--min-genres must be 0 or more, not {args.min_genres}"),
-            (
-                args.max_genres is None or args.min_genres <= args.max_genres,
-                f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})",
-            ),
-        ]
-    )  # fmt: skip
+    if args.max_genres is not None and args.min_genres > args.max_genres:
+        return f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})"
+    return None
 
 
 # %% Inputs: files, formats and shards

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import ROOT, one_line_error, run_script
-from genre_tagger import UserError, audit, convert, ensemble, export, review
+from genre_tagger import UserError, audit, batch, convert, ensemble, export, review
 from genre_tagger.settings import MAX_SEED, Bounded, bounded_float, bounded_int, build_train_parser, probability, seed
 
 BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -30,6 +30,7 @@ PARSERS = {
     "predict.py": lambda: script_parser("predict"),
     "serve.py": lambda: script_parser("serve"),
     "audit": audit.build_parser,
+    "batch": batch.build_parser,
     "convert": convert.build_parser,
     "ensemble": ensemble.build_parser,
     "export": export.build_parser,
@@ -59,7 +60,7 @@ def test_no_flag_parses_numbers_around_bounded():
     plain = [(command, action.dest) for command, _, action in ALL_ACTIONS if action.type in (int, float)]
     assert plain == []
     commands = {command for command, _, action in ALL_ACTIONS if isinstance(action.type, Bounded)}
-    assert commands == {"train.py", "predict.py", "serve.py", "audit", "ensemble", "review"}
+    assert commands == {"train.py", "predict.py", "serve.py", "audit", "batch", "ensemble", "review"}
     assert len(FLAGS) >= 40
 
 
