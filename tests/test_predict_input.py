@@ -319,3 +319,93 @@ def test_predict_notes_unknown_labels_and_neutralises_cells(trained, tmp_path):
     )  # fmt: skip
     assert inside.returncode == 2 and "inside the run" in inside.stderr
     assert len(inside.stderr.strip().splitlines()) == 1
+
+
+# --- Parquet in and out -------------------------------------------------------------------------------
+
+
+def write_parquet(path, columns, row_group_size=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+
+
+def test_parquet_is_read_in_bounded_pieces_with_predicts_row_numbers(tmp_path):
+    from genre_tagger.textio import CHUNK_ROWS
+
+    path = tmp_path / "in.parquet"
+    rows = CHUNK_ROWS + 5
+    texts = [f"a heist number {i}  See full summary »" for i in range(rows)]
+    write_parquet(path, {"Description": texts, "Genre": [["Crime", "Drama"]] * rows}, row_group_size=700)
+    chunks = list(iter_input_chunks(str(path), "Description", "Genre", "auto", 1000))
+    assert [len(c) for c in chunks] == [CHUNK_ROWS, 5]
+    first = chunks[0][0]
+    assert first == (1, "a heist number 0", ["Crime", "Drama"])
+    assert chunks[-1][-1][0] == rows
+
+
+@pytest.mark.parametrize(
+    "columns, fragment",
+    [
+        ({"Plot": ["a heist"]}, "no column 'Description'"),
+        ({"Description": ["a heist", None]}, "row 2 has no 'Description'"),
+        ({"Description": [1, 2]}, "row 1 has a int, not a text"),
+        ({"Description": ["a heist", "  "]}, "row 2 has an empty description"),
+        ({"Description": ["a\x00heist"]}, "NUL"),
+        ({"Description": ["a heist"], "Genre": [None]}, "no 'Genre' labels"),
+    ],
+)
+def test_bad_parquet_is_one_line_naming_the_row(tmp_path, columns, fragment):
+    path = tmp_path / "in.parquet"
+    write_parquet(path, columns)
+    with pytest.raises(UserError, match=fragment):
+        read_all(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"Description\na heist\n", b"PAR1" + b"\x00" * 40, None])
+def test_a_file_that_is_not_parquet_is_one_line(tmp_path, content):
+    path = tmp_path / "in.parquet"
+    if content is None:  # a real file cut short
+        write_parquet(path, {"Description": ["a heist"] * 100})
+        content = path.read_bytes()[:-30]
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        read_all(path)
+
+
+def test_parquet_cannot_come_from_stdin():
+    with pytest.raises(UserError, match="Parquet cannot be read from stdin"):
+        list(iter_input_chunks("-", "Description", "Genre", "parquet"))
+
+
+def test_parquet_output_keeps_full_probabilities_and_appears_only_when_complete(tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "tagged.parquet"
+    writer = ResultWriter(str(out), ["Drama", "Crime"], "0.3", False, with_ids=True)
+    writer.write(
+        ["a heist", "a trial"], [[0.123456789, 0.9], [0.5, 0.25]], [[("Crime", 0.9)], [("Drama", 0.5)]], ids=["7", "8"]
+    )
+    assert not out.exists() and len(list(tmp_path.glob(".tagged.parquet.*.part"))) == 1
+    writer.commit()
+    table = pq.read_table(out).to_pylist()
+    assert table[0] == {
+        "id": "7",
+        "description": "a heist",
+        "genres": ["Crime"],
+        "Drama": pytest.approx(0.123456789),
+        "Crime": pytest.approx(0.9),
+    }
+    assert list(tmp_path.iterdir()) == [out]
+    check_output_path(str(tmp_path / "other.parquet"), "-", None)
+    with pytest.raises(UserError, match="already exists"):
+        check_output_path(str(out), "-", None)
+
+
+def test_an_interrupted_parquet_output_leaves_nothing(tmp_path):
+    out = tmp_path / "tagged.parquet"
+    writer = ResultWriter(str(out), ["Drama"], "0.3", False)
+    writer.write(["a heist"], [[0.5]], [[("Drama", 0.5)]])
+    writer.discard()
+    assert list(tmp_path.iterdir()) == []
