@@ -285,11 +285,11 @@ def test_train_refuses_bad_settings_before_any_work(args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_onnx_path_never_imports_torch_or_transformers(trained):
+def test_onnx_path_never_imports_torch_transformers_or_ray(trained):
     code = (
         "import sys; import predict; "
         f"predict.main(['--model', {str(trained['output'])!r}, 'A plot about a heist.']); "
-        "print('HEAVY' if {'torch', 'transformers'} & set(sys.modules) else 'LIGHT')"
+        "print('HEAVY' if {'torch', 'transformers', 'ray'} & set(sys.modules) else 'LIGHT')"
     )
     result = run_script("-c", code)
     assert result.returncode == 0, result.stderr
