@@ -68,7 +68,9 @@ def main():
     p.add_argument("--model", default="models/genre-classifier", help="run folder or zip (default: %(default)s)")
     p.add_argument("--data", default="data/IMDB-Movie-Data.csv", help="where the descriptions come from")
     p.add_argument("--rows", type=int, default=20_000, help="descriptions to tag (default: %(default)s)")
-    p.add_argument("--rows-per-shard", type=int, default=2_000, help="the batch tool's shard size (default: %(default)s)")
+    p.add_argument(
+        "--rows-per-shard", type=int, default=2_000, help="the batch tool's shard size (default: %(default)s)"
+    )
     p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume check")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
