@@ -65,3 +65,16 @@ def test_a_newer_or_unknown_format_version_is_refused_by_name(tmp_path, version,
     for fragment in fragments:
         assert fragment in str(raised.value), raised.value
     assert str(raised.value).startswith(f"{folder}: manifest.json: format_version ")
+
+
+# --- docs/RUN_FORMAT.md -----------------------------------------------------------------------------
+
+
+def test_the_committed_run_format_doc_is_the_schema_rendered():
+    """Regenerate with: python -c "from genre_tagger.run_format import render_markdown; print(render_markdown(), end='')" > docs/RUN_FORMAT.md"""
+    from conftest import ROOT
+    from genre_tagger.run_format import FILES, render_markdown
+
+    committed = (ROOT / "docs" / "RUN_FORMAT.md").read_text()
+    assert committed == render_markdown()
+    assert all(f"## {name}" in committed for name in FILES)
