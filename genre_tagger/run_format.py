@@ -25,6 +25,8 @@ from genre_tagger.common import printable
 # existed, which read the same; a run of a newer format is refused by name rather than misread.
 FORMAT_VERSION = 2
 OLDEST_FORMAT_VERSION = 1
+# Integers beyond this lose their exact value in a float (and in most JSON readers): no count in a run gets near.
+LARGEST_INTEGER = 2**53
 MAX_TOKENS = 4096  # a generous bound on a run's token limit (BERT-family encoders stop at 512)
 # The int8 recipes of an ONNX export, in the order export tries them (genre_tagger.modeling imports this).
 INT8_RECIPES = ("rowwise", "dynamic", "blockwise")
@@ -265,8 +267,11 @@ class _Violation(Exception):
 def _shown(value):
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
-    if isinstance(value, int) and abs(value) > 10**15:
-        return f"{'-' if value < 0 else ''}1e+{len(str(abs(value))) - 1} (an integer too large for a float)"
+    if isinstance(value, int) and abs(value) > LARGEST_INTEGER:
+        try:
+            return f"{float(value):g} (an integer too large to keep exact)"
+        except OverflowError:
+            return f"{'-' if value < 0 else ''}1e+{len(str(abs(value))) - 1} (an integer too large for a float)"
     if isinstance(value, str):
         text = printable(value)
         return repr(text if len(text) <= 60 else text[:60] + "...")
@@ -373,7 +378,7 @@ def _walk(spec, value, path, context, parent=None):
     elif kind in ("integer", "version"):
         if not isinstance(value, int) or isinstance(value, bool):
             refuse()
-        low, high = spec["reads"] if kind == "version" else (spec.get("min"), spec.get("max"))
+        low, high = spec["reads"] if kind == "version" else (spec.get("min"), spec.get("max", LARGEST_INTEGER))
         if kind == "version" and value > high:
             raise _Violation(
                 path,

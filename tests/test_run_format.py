@@ -78,3 +78,107 @@ def test_the_committed_run_format_doc_is_the_schema_rendered():
     committed = (ROOT / "docs" / "RUN_FORMAT.md").read_text()
     assert committed == render_markdown()
     assert all(f"## {name}" in committed for name in FILES)
+
+
+# --- the validator, one rule at a time ------------------------------------------------------------
+
+ONNX = {"files": {"fp32": "model.onnx", "int8": "model.int8.onnx"}, "default": "int8", "max_length": 128}
+CALIBRATION = {"method": "prior-temperature", "scale": [0.5, 0.5], "shift": [-1.0, 2.0]}
+MEMBERS = [{"folder": "members/0", "weight": 0.5}, {"folder": "members/1", "weight": 0.5}]
+GOOD = {
+    "config.json": {"id2label": {"0": "Action", "1": "Drama"}, "label2id": {"Action": 0, "Drama": 1}},
+    "train_config.json": {"labels": LABELS, "settings": {"max_length": 128}},
+    "thresholds.json": {"default": 0.3, "per_label": {"Action": 0.2, "Drama": None}},
+    "calibration.json": CALIBRATION,
+    "onnx.json": ONNX,
+    "ensemble.json": {"format": 1, "members": MEMBERS, "calibration": CALIBRATION},
+    "manifest.json": {"format": 1, "format_version": 2, "files": {"plots/a.png": {"sha256": "0" * 64, "bytes": 3}}},
+}
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_a_well_formed_file_passes(name):
+    assert check_file(name, GOOD[name], "run", LABELS) == LABELS
+
+
+@pytest.mark.parametrize(
+    "name, change, fragment",
+    [
+        # numbers: finite floats only, never true/false, within their range
+        ("thresholds.json", {"default": float("nan")}, "default is nan, not a probability in (0, 1)"),
+        ("thresholds.json", {"default": float("inf")}, "default is inf, not a probability"),
+        ("thresholds.json", {"default": 10**400}, "default is 1e+400 (an integer too large for a float)"),
+        ("thresholds.json", {"default": True}, "default is true, not a probability"),
+        ("thresholds.json", {"default": 1}, "default is 1, not a probability"),
+        ("calibration.json", {"scale": [0.5, -0.5]}, "scale[1] is -0.5, not a finite number in (0, 1e+06)"),
+        ("onnx.json", {"max_length": 5000}, "max_length is 5000, not an integer from 1 to 4096"),
+        ("onnx.json", {"max_length": 12.0}, "max_length is 12.0, not an integer"),
+        ("manifest.json", {"files": {"a": {"sha256": "0" * 64, "bytes": 2**60}}}, "too large to keep exact"),
+        # required keys; an empty file
+        ("thresholds.json", {"default": None}, "default is null, not a probability"),
+        ("ensemble.json", {"members": None}, "members is null, not a list"),
+        # genre maps hold exactly the run's genres; per-genre lists have one value per genre
+        ("thresholds.json", {"per_label": {"Action": 0.2}}, "per_label lacks Drama: its genres do not match"),
+        ("thresholds.json", {"per_label": {"Action": 0.2, "Drama": 0.3, "Noir": 0.1}}, "has 'Noir', not a genre"),
+        ("thresholds.json", {"default_per_label": {"Action": 0.2, "Drama": None}}, "default_per_label.Drama is null"),
+        ("calibration.json", {"shift": [0.0]}, "shift has 1 values, not one per genre (2)"),
+        ("train_config.json", {"labels": LABELS[::-1]}, "labels differ from config.json's genres"),
+        # JSON types
+        ("thresholds.json", {"per_label": [0.2, 0.3]}, "per_label is a list, not an object"),
+        ("calibration.json", {"method": 3}, "method is 3, not text"),
+        ("train_config.json", {"settings": "fast"}, "settings is 'fast', not an object"),
+        # allowed values and keys
+        ("onnx.json", {"int8_recipe": "static"}, "int8_recipe is 'static', not one of 'rowwise'"),
+        ("onnx.json", {"default": "bf16"}, "default is 'bf16', not a key of files ('fp32', 'int8')"),
+        ("onnx.json", {"files": {"bf16": "model.onnx"}}, "files.bf16 is not a field of files"),
+        ("onnx.json", {"files": {}}, "files is an empty object"),
+        ("onnx.json", {"files": {"fp32": "../model.onnx"}}, "files.fp32 is '../model.onnx', not a file name"),
+        ("config.json", {"problem_type": "regression"}, "problem_type is 'regression', not one of"),
+        ("ensemble.json", {"members": MEMBERS[:1]}, "members has 1 entries, not at least 2"),
+        ("ensemble.json", {"members": [*MEMBERS[:1], {"folder": "../x", "weight": 1}]}, "members[1].folder is"),
+        ("ensemble.json", {"members": [MEMBERS[0], {**MEMBERS[1], "weight": 0}]}, "members[1].weight is 0"),
+        ("ensemble.json", {"calibration": {**CALIBRATION, "scale": [1.0]}}, "calibration.scale has 1 values"),
+        ("manifest.json", {"files": {"../../etc/passwd": {"sha256": "0" * 64, "bytes": 1}}}, "outside the run"),
+        ("manifest.json", {"files": {"a": {"sha256": "abc", "bytes": 1}}}, "files.a.sha256 is 'abc', not a sha256"),
+        ("manifest.json", {"format": 2}, "written by a newer genre-tagger (format 2)"),
+        # the genres themselves
+        ("config.json", {"id2label": {"0": "Action", "2": "Drama"}}, "id2label is not numbered 0..1"),
+        ("config.json", {"id2label": {"0": "Action", "1": "Action"}}, "id2label names a genre twice"),
+        ("config.json", {"id2label": {"0": "Action", "1": "Dr\x1bama"}}, "id2label.1 is a genre name with control"),
+        ("config.json", {"id2label": {"0": "Action", "1": " "}}, "id2label.1 is ' ', not a genre name"),
+        ("config.json", {"label2id": {"Action": 1, "Drama": 0}}, "label2id disagrees with id2label"),
+    ],
+)
+def test_each_rule_refuses_in_one_line_naming_file_and_field(name, change, fragment):
+    message = refusal(name, {**GOOD[name], **change})
+    assert fragment in message, message
+    assert message.endswith("; re-create the run (train.py)") or "update genre-tagger" in message
+
+
+@pytest.mark.parametrize("name", ["thresholds.json", "calibration.json", "onnx.json", "ensemble.json", "manifest.json"])
+def test_an_empty_file_is_refused(name):
+    assert " is missing; re-create the run" in refusal(name, {})
+
+
+def test_a_per_genre_threshold_too_large_for_a_float_is_one_line_from_predict(tmp_path):
+    """The crafted case of the issue: a validly re-sealed 10**400 per-genre threshold was an OverflowError (a bug)."""
+    from conftest import one_line_error, run_script
+
+    folder = make_run(tmp_path / "run")
+    (folder / "thresholds.json").write_text(
+        '{"default": 0.3, "per_label": {"Action": 0.2, "Drama": 1%s}}' % ("0" * 400)
+    )
+    write_manifest(folder)
+    one_line_error(
+        run_script("predict.py", "--model", folder, "--threshold", "tuned", "A heist."),
+        "thresholds.json: per_label.Drama is 1e+400 (an integer too large for a float)",
+    )
+
+
+def test_a_token_limit_past_the_model_positions_is_refused(tmp_path):
+    folder = make_run(tmp_path / "run")
+    config = {"id2label": {"0": "Action", "1": "Drama"}, "encoder": {"max_position_embeddings": 8}}
+    write_json(folder / "config.json", config)
+    write_manifest(folder)
+    with pytest.raises(UserError, match="reads 16 tokens .* more than its 8 positions"):
+        Run.open(folder)
