@@ -182,3 +182,167 @@ def test_a_token_limit_past_the_model_positions_is_refused(tmp_path):
     write_manifest(folder)
     with pytest.raises(UserError, match="reads 16 tokens .* more than its 8 positions"):
         Run.open(folder)
+
+
+# --- crafted runs: a real run, one field changed, validly re-sealed ---------------------------------
+
+DELETE = object()  # the field removed
+NOT_FINITE = [float("nan"), float("inf"), float("-inf"), 10**400]
+WRONG_TYPE = ["0.5", True, [0.5], {}]
+
+
+def genre_map_changes(labels):
+    first = labels[0]
+    return [
+        lambda m: {**m, "Noir": next(iter(m.values()))},  # an extra genre
+        lambda m: {k: v for k, v in m.items() if k != first},  # a missing genre
+        lambda m: {},
+        lambda m: "per genre",
+    ]
+
+
+def crafted_changes(run):
+    """(file, path, new value or DELETE or a function of the old value, file the refusal names) for a real run."""
+    labels = [json.loads((run / "config.json").read_text())["id2label"][str(i)] for i in range(2)]
+    first = labels[0]
+    default_variant = json.loads((run / "onnx.json").read_text())["default"]
+    changes = []
+
+    def add(name, path, values, names=None):
+        changes.extend((name, path, value, names or name) for value in values)
+
+    add("thresholds.json", ["default"], [*NOT_FINITE, *WRONG_TYPE, None, -1, 0, 1, DELETE])
+    add("thresholds.json", ["global"], [*NOT_FINITE, *WRONG_TYPE, None, -0.5, 1.5])
+    add("thresholds.json", ["per_label", first], [*NOT_FINITE, *WRONG_TYPE, -1, 1])
+    add("thresholds.json", ["default_per_label", first], [*NOT_FINITE, *WRONG_TYPE, None, -1])
+    for key in ("per_label", "default_per_label", "goals"):
+        add("thresholds.json", [key], genre_map_changes(labels))
+    add("thresholds.json", [], [{}])
+    add("calibration.json", ["scale", 0], [*NOT_FINITE, *WRONG_TYPE, None, -1, 0])
+    add("calibration.json", ["shift", 0], [*NOT_FINITE, *WRONG_TYPE, None])
+    for key in ("scale", "shift"):
+        add("calibration.json", [key], [lambda v: v[:-1], lambda v: [*v, v[0]], {}, "x", DELETE])
+    add("calibration.json", ["method"], [3, None, DELETE])
+    add("calibration.json", [], [{}])
+    add("config.json", ["id2label"], [DELETE, {}, "x", lambda v: {**v, "99": "Noir"}, lambda v: {**v, "1": v["0"]}])
+    add("config.json", ["id2label", "0"], [3, "", "Act\x1bion", None])
+    add("config.json", ["label2id"], [lambda v: {**v, labels[0]: 1, labels[1]: 0}, lambda v: {**v, "Noir": 99}, "x"])
+    add("config.json", ["problem_type"], ["single_label_classification", 3])
+    add("config.json", ["encoder", "max_position_embeddings"], [*NOT_FINITE, *WRONG_TYPE, 0, -1])
+    add("config.json", ["encoder", "max_position_embeddings"], [8], names="max_position_embeddings")
+    add("config.json", [], [{}])
+    add("train_config.json", ["labels"], [lambda v: v[::-1], lambda v: v[:-1], lambda v: [*v, "Noir"], "x"])
+    add("train_config.json", ["settings"], ["x", [], DELETE])
+    add("train_config.json", ["settings", "max_length"], [*NOT_FINITE, *WRONG_TYPE, 0, 5000, 1.5])
+    add("train_config.json", [], [{}])
+    add("onnx.json", ["files"], [{}, "x", DELETE, {"bf16": "model.onnx"}, {"fp32": "../model.onnx"}])
+    add("onnx.json", ["files", default_variant], [3, "sub/model.onnx", "model.bin"])
+    add("onnx.json", ["default"], ["bf16", 3])
+    add("onnx.json", ["max_length"], [*NOT_FINITE, *WRONG_TYPE, 0, 5000, 1.5, DELETE])
+    add("onnx.json", ["max_length"], [1000], names="max_position_embeddings")
+    add("onnx.json", ["int8_recipe"], ["static", 3])
+    add("onnx.json", ["check", "fp32", "macro_f1"], [*NOT_FINITE, *WRONG_TYPE, -1, 2])
+    add("onnx.json", [], [{}])
+    return changes
+
+
+def changed(payload, path, value):
+    if not path:
+        return value
+    head, *rest = path
+    inner = payload[head]
+    if rest:
+        new = changed(inner, rest, value)
+    else:
+        new = value(inner) if callable(value) else value
+    copy = list(payload) if isinstance(payload, list) else dict(payload)
+    if new is DELETE:
+        del copy[head]
+    else:
+        copy[head] = new
+    return copy
+
+
+def craft(folder, name, path, value, original):
+    """Write the changed file (json.dumps writes NaN and Infinity as Python's json reads them) and re-seal the run."""
+    from genre_tagger.save import reseal
+
+    (folder / name).write_text(json.dumps(changed(json.loads(original), path, value)))
+    reseal(folder)
+
+
+def shown(name, path, value):
+    return f"{name}:{'.'.join(map(str, path))}={'DELETE' if value is DELETE else getattr(value, '__name__', value)!r}"
+
+
+@pytest.fixture
+def crafted_copy(trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained["output"], copy)
+    return copy
+
+
+def test_every_crafted_field_is_refused_by_run_open_in_one_line(crafted_copy):
+    changes = crafted_changes(crafted_copy)
+    assert len(changes) > 150
+    originals = {name: (crafted_copy / name).read_text() for name, *_ in changes}
+    for name, path, value, names in changes:
+        craft(crafted_copy, name, path, value, originals[name])
+        with pytest.raises(UserError) as raised:
+            Run.open(crafted_copy)
+        message = str(raised.value)
+        assert "\n" not in message and names in message, (shown(name, path, value), message)
+        assert "re-create the run" in message, (shown(name, path, value), message)
+        (crafted_copy / name).write_text(originals[name])
+    from genre_tagger.save import reseal
+
+    reseal(crafted_copy)
+    with Run.open(crafted_copy) as run:  # the originals, restored, open again
+        assert run.verified
+
+
+# A sample across files and rules for the entry points that run as processes (each costs a Python start).
+SAMPLE = [
+    ("thresholds.json", ["per_label", 0], 10**400),
+    ("thresholds.json", [], {}),
+    ("thresholds.json", ["default"], float("nan")),
+    ("thresholds.json", ["default_per_label"], "extra genre"),
+    ("calibration.json", ["scale", 0], float("inf")),
+    ("config.json", ["id2label", "0"], True),
+    ("train_config.json", ["labels"], "reversed"),
+    ("train_config.json", ["settings", "max_length"], -1),
+    ("onnx.json", ["max_length"], float("-inf")),
+    ("onnx.json", ["files"], {"fp32": "../model.onnx"}),
+]
+
+
+def sample_change(folder, name, path, value):
+    """A SAMPLE entry made concrete for this run (its first genre, its genre maps)."""
+    labels = json.loads((folder / "train_config.json").read_text())["labels"]
+    path = [labels[0] if step == 0 and name == "thresholds.json" else step for step in path]
+    if value == "extra genre":
+        value = lambda m: {**m, "Noir": 0.5}  # noqa: E731
+    elif value == "reversed":
+        value = lambda v: v[::-1]  # noqa: E731
+    return name, path, value
+
+
+@pytest.mark.parametrize("entry", SAMPLE, ids=[shown(*entry) for entry in SAMPLE])
+def test_each_entry_point_refuses_a_crafted_run_in_one_line(crafted_copy, tmp_path, entry):
+    from conftest import one_line_error, run_script
+    from genre_tagger import load_tagger
+
+    name, path, value = sample_change(crafted_copy, *entry)
+    craft(crafted_copy, name, path, value, (crafted_copy / name).read_text())
+    one_line_error(run_script("predict.py", "--model", crafted_copy, "A heist."), name)
+    with pytest.raises((UserError, ValueError)) as raised:
+        load_tagger(crafted_copy)
+    assert "\n" not in str(raised.value) and name in str(raised.value)
+    (tmp_path / "x.csv").write_text("Description\nA heist.\n")
+    batch = ("-m", "genre_tagger.batch", "--model", crafted_copy, "--input", tmp_path / "x.csv")
+    one_line_error(run_script(*batch, "--output", tmp_path / "out"), name)
+    assert not (tmp_path / "out").exists()  # refused before Ray started or anything was written
+    if name != "onnx.json":  # export writes onnx.json anew, so it never reads the old one
+        one_line_error(run_script("-m", "genre_tagger.export", crafted_copy), name)
