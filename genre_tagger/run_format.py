@@ -383,7 +383,7 @@ def _walk(spec, value, path, context, parent=None):
             raise _Violation(
                 path,
                 f"is {_shown(value)}: written by a newer genre-tagger (format {value}), a format this genre-tagger "
-                f"does not know; this version reads {low}-{high}: update genre-tagger",
+                f"does not know; this version reads {low}{f'-{high}' if high != low else ''}: update genre-tagger",
             )
         if (low is not None and value < low) or (high is not None and value > high):
             refuse()
