@@ -4,6 +4,7 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - common: printing safely, JSON and sha256 of files, notes, spreadsheet-safe CSV cells (standard library)
 - cli: the one shell every command runs in (one-line errors, exit codes, Ctrl-C, --debug) and its argparse
 - run: `Run.open(path)`, a run folder or zip opened once and verified; thresholds; safe zip extraction
+- run_format: the declared format of every run file predicting reads, its one validator and docs/RUN_FORMAT.md
 - save: writing a run (staging, manifest, publish, zip) and train.py's checks of where it writes
 - settings: every flag of train.py (its parser) and the range checks of train.py's, predict.py's, serve.py's
 - data: download, clean and validate the CSV, encode labels, split (pandas, scikit-learn)

@@ -23,6 +23,7 @@ from genre_tagger import UserError
 from genre_tagger.base_models import MPNET_ALIAS, MPNET_NAME, mpnet_model_path
 from genre_tagger.common import first_line
 from genre_tagger.hf_classifier import MODEL_TYPE, GenreTaggerConfig, GenreTaggerForSequenceClassification
+from genre_tagger.run_format import INT8_RECIPES
 from genre_tagger.settings import DEFAULT_BASE_MODEL, OFFLINE_MODEL_ALIAS
 
 
@@ -234,10 +235,10 @@ class _ProbabilitiesOnly(nn.Module):
         return torch.sigmoid(self.model(input_ids=input_ids, attention_mask=attention_mask).logits)
 
 
-# int8 recipes, tried in this order by export_run until one keeps the run's decisions; each described in
-# onnx.json's check.int8_recipes by its note. The two whose rows never depend on the rest of the batch come
-# first; "dynamic" (the recipe of older runs) only when both cost accuracy.
-INT8_RECIPES = ("rowwise", "blockwise", "dynamic")
+# INT8_RECIPES (declared with the run format, which onnx.json's int8_recipe must name): tried in that order by
+# export_run until one keeps the run's decisions; each described in onnx.json's check.int8_recipes by its note.
+# The two whose rows never depend on the rest of the batch come first; "dynamic" (the recipe of older runs)
+# only when both cost accuracy.
 INT8_RECIPE_NOTES = {
     "rowwise": "int8 weights (one scale per output column) and int8 activations with one scale per token, set at "
     "run time from that token's own values (MatMulIntegerToFloat): a description's probabilities do not depend "

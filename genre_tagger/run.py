@@ -6,9 +6,10 @@
 Opening a run extracts a zip safely (into a temporary folder removed on close), reads every small
 file once and checks it against manifest.json (size and sha256), checks the sizes of the large files
 (model weights, ONNX graphs) and hashes each of those once, when a backend asks for it
-(`run.verified_path(name)`). Labels, thresholds, the ONNX description, the token limit and an
-ensemble's members are parsed once into fields, and checked against each other. Nothing else in
-genre-tagger reads a run's JSON files; writing a run lives in genre_tagger/save.py.
+(`run.verified_path(name)`). Each JSON file is checked against its declared format
+(genre_tagger/run_format.py, docs/RUN_FORMAT.md) before any value of it is used; labels, thresholds,
+the ONNX description, the token limit and an ensemble's members are then parsed once into fields.
+Nothing else in genre-tagger reads a run's JSON files; writing a run lives in genre_tagger/save.py.
 
 Layout of a run folder:
     config.json          encoder config with id2label, label2id, problem_type, pooling
@@ -41,6 +42,7 @@ from pathlib import Path, PurePosixPath
 
 from genre_tagger import UserError
 from genre_tagger.common import first_line, printable, sha256_of, shown_value
+from genre_tagger.run_format import ENSEMBLE_TOOL, TRAIN_PY, check_file
 
 DEFAULT_RUN = Path("models/genre-classifier")
 MANIFEST = "manifest.json"
@@ -238,27 +240,11 @@ def _parse_json(data, name, origin):
 
 
 def parse_manifest(data, origin):
-    """{name: {"sha256", "bytes"}} from manifest.json's bytes, checked: well formed, no path leaves the run."""
+    """{name: {"sha256", "bytes"}} from manifest.json's bytes, checked by its schema (run_format): a format this
+    genre-tagger reads, well formed, no path that leaves the run."""
     manifest = _parse_json(data, MANIFEST, origin)
-    if manifest.get("format", 1) != 1:
-        raise UserError(
-            f"{origin}: {MANIFEST} is of a format this genre-tagger does not know ({printable(manifest.get('format'))}); "
-            "update genre-tagger or re-create the run"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not all(
-        isinstance(v, dict)
-        and isinstance(v.get("sha256"), str)
-        and isinstance(v.get("bytes"), int)
-        and not isinstance(v.get("bytes"), bool)
-        for v in files.values()
-    ):
-        raise UserError(_recreate(origin).format(f"{MANIFEST} is damaged"))
-    for name in files:
-        parts = PurePosixPath(name).parts
-        if not parts or name.startswith("/") or ".." in parts or "\\" in name or "\x00" in name:
-            raise UserError(f"{origin}: {MANIFEST} names a file outside the run ({printable(name)!r}); refusing it")
-    return files
+    check_file(MANIFEST, manifest, origin)
+    return manifest["files"]
 
 
 def _read_bounded(path, origin, name):
@@ -400,80 +386,6 @@ class _Files:
 # %% The run
 
 
-def _label_problem(label):
-    if not isinstance(label, str) or not label.strip():
-        return "an empty genre name"
-    if printable(label) != label or "\n" in label:
-        return f"a genre name with control characters ({printable(label)!r})"
-    return None
-
-
-def _labels_of(config, origin):
-    id2label = config.get("id2label")
-    if not isinstance(id2label, dict) or not id2label:
-        raise UserError(_recreate(origin).format("config.json has no id2label"))
-    try:
-        labels = [id2label[str(i)] for i in range(len(id2label))]
-    except KeyError:
-        raise UserError(f"{origin}: config.json's id2label is not numbered 0..{len(id2label) - 1}") from None
-    for label in labels:
-        if problem := _label_problem(label):
-            raise UserError(f"{origin}: config.json has {problem}")
-    if len(set(labels)) != len(labels):
-        raise UserError(f"{origin}: config.json's id2label names a genre twice")
-    label2id = config.get("label2id")
-    if label2id is not None and label2id != {label: i for i, label in enumerate(labels)}:
-        raise UserError(_recreate(origin).format("config.json's label2id and id2label disagree"))
-    return labels
-
-
-def _check_thresholds(thresholds, labels, origin):
-    for key in ("default", "global"):
-        if key in thresholds and not is_probability(thresholds[key]):
-            raise UserError(f"{origin}: thresholds.json's {key!r} is not a probability in (0, 1)")
-    for key, allowed in (("per_label", (None,)), ("default_per_label", ())):
-        per_label = thresholds.get(key)
-        if per_label is not None and (
-            not isinstance(per_label, dict)
-            or set(per_label) != set(labels)
-            or not all(is_probability(v) or v in allowed for v in per_label.values())
-        ):
-            raise UserError(f"{origin}: thresholds.json's per-genre thresholds do not match the run's genres")
-
-
-def _check_calibration(calibration, labels, origin, where):
-    """A calibration record (calibration.json, or ensemble.json's): a positive scale and a shift per genre."""
-
-    def numbers(key, low):
-        values = calibration.get(key) if isinstance(calibration, dict) else None
-        return (
-            isinstance(values, list)
-            and len(values) == len(labels)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and low < v < 1e6 for v in values)
-        )
-
-    if not (numbers("scale", 0) and numbers("shift", -1e6) and isinstance(calibration.get("method"), str)):
-        raise UserError(_recreate(origin).format(f"{where}'s calibration does not fit the run's genres"))
-    return calibration
-
-
-def _check_onnx(onnx, origin):
-    files = onnx.get("files")
-    if (
-        not isinstance(files, dict)
-        or not files
-        or onnx.get("default", "fp32") not in files
-        or not all(
-            isinstance(v, str) and "/" not in v and "\\" not in v and v not in ("", ".", "..") for v in files.values()
-        )
-        or not isinstance(onnx.get("max_length"), int)
-        or isinstance(onnx.get("max_length"), bool)
-        or not 1 <= onnx["max_length"] <= 4096
-    ):
-        raise UserError(f"{origin}: onnx.json is damaged; re-create the run with train.py")
-    return onnx
-
-
 class Run:
     """A run folder (or the folder a zip was extracted to), read and checked once. Use as a context manager.
 
@@ -496,34 +408,38 @@ class Run:
             )
         if self.verified:
             files.require_listed([*ENSEMBLE_REQUIRED_FILES] if self.is_ensemble else PREDICTING_NEEDS)
+        # Each file is checked against its declared format (run_format) before any of its values is used.
+        remedy = ENSEMBLE_TOOL if member or self.is_ensemble else TRAIN_PY
         self.config = files.json("config.json")
-        self.labels = _labels_of(self.config, origin)
+        self.labels = check_file("config.json", self.config, origin, remedy=remedy)
         self.train_config = files.json("train_config.json")
-        if self.train_config.get("labels") not in (None, self.labels):
-            raise UserError(
-                _recreate(origin).format(
-                    "config.json's genres differ from those the run was trained on (train_config.json)"
-                )
-            )
+        check_file("train_config.json", self.train_config, origin, self.labels, remedy)
         self.thresholds = files.json("thresholds.json")
-        _check_thresholds(self.thresholds, self.labels, origin)
+        check_file("thresholds.json", self.thresholds, origin, self.labels, remedy)
         # Folded into a model's weights, so only read back: by an ensemble, which averages its members'
         # uncalibrated probabilities and calibrates the average with the map in ensemble.json.
         self.calibration = None
         if (files.root / CALIBRATION_FILE).is_file():
-            self.calibration = _check_calibration(files.json(CALIBRATION_FILE), self.labels, origin, CALIBRATION_FILE)
+            self.calibration = files.json(CALIBRATION_FILE)
+            check_file(CALIBRATION_FILE, self.calibration, origin, self.labels, remedy)
         self.onnx = None
         if (files.root / "onnx.json").is_file() and "onnx.json" not in rewritten:
-            self.onnx = _check_onnx(files.json("onnx.json"), origin)
+            self.onnx = files.json("onnx.json")
+            check_file("onnx.json", self.onnx, origin, self.labels, remedy)
             files.require_listed(["onnx.json", self.onnx["files"][self.onnx.get("default", "fp32")]])
-        settings = self.train_config.get("settings")
-        max_length = self.onnx["max_length"] if self.onnx else (settings or {}).get("max_length")
+        max_length = self.onnx["max_length"] if self.onnx else self.train_config["settings"].get("max_length")
         self.ensemble_calibration = None  # an ensemble's map from averaged to calibrated probabilities
         self.members = self._open_members() if self.is_ensemble else []
         if self.members:
             max_length = max(member.max_length for member, _ in self.members)
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+        if max_length is None:
             raise UserError(_recreate(origin).format("train_config.json has no max_length setting"))
+        positions = self.config.get("encoder", self.config).get("max_position_embeddings")
+        if positions is not None and max_length > positions:
+            raise UserError(
+                f"{origin}: the model reads {max_length} tokens (onnx.json or train_config.json's max_length), more "
+                f"than its {positions} positions (config.json's max_position_embeddings); re-create the run ({remedy})"
+            )
         self.max_length = max_length
 
     @classmethod
@@ -606,37 +522,19 @@ class Run:
 
     def _open_members(self):
         spec = self._files.json(ENSEMBLE_FILE)
-        members = spec.get("members")
-        if not isinstance(members, list) or len(members) < 2:
-            raise UserError(
-                f"{self.origin}: {ENSEMBLE_FILE} lists no members; re-create it with python -m genre_tagger.ensemble"
-            )
+        check_file(ENSEMBLE_FILE, spec, self.origin, self.labels, ENSEMBLE_TOOL)
         opened = []
-        for member in members:
-            where = member.get("folder") if isinstance(member, dict) else None
-            weight = member.get("weight") if isinstance(member, dict) else None
-            parts = PurePosixPath(where).parts if isinstance(where, str) else ()
-            if len(parts) != 2 or parts[0] != "members" or not parts[1].isdigit():
-                raise UserError(f"{self.origin}: {ENSEMBLE_FILE} names a member outside members/; refusing it")
-            if (
-                not isinstance(weight, (int, float))
-                or isinstance(weight, bool)
-                or not math.isfinite(weight)
-                or weight <= 0
-            ):
-                raise UserError(f"{self.origin}: {ENSEMBLE_FILE} gives a member a weight that is not a positive number")
+        for member in spec["members"]:
+            where = member["folder"]
             origin = f"{self.origin} ({where})"
             files = self._files.within(where, origin)
             if files.listed is None:
-                raise UserError(
-                    f"{origin} has no manifest.json; re-create the ensemble with python -m genre_tagger.ensemble"
-                )
+                raise UserError(f"{origin} has no manifest.json; re-create the ensemble with {ENSEMBLE_TOOL}")
             run = Run(files, origin, member=True)
             if run.labels != self.labels:
                 raise UserError(f"{origin} tags other genres than the ensemble; re-create the ensemble")
             if run.onnx is None:
                 raise UserError(f"{origin} has no ONNX export; re-create the ensemble")
-            opened.append((run, float(weight)))
-        if spec.get("calibration") is not None:
-            self.ensemble_calibration = _check_calibration(spec["calibration"], self.labels, self.origin, ENSEMBLE_FILE)
+            opened.append((run, float(member["weight"])))
+        self.ensemble_calibration = spec.get("calibration")
         return opened

@@ -27,6 +27,7 @@ from genre_tagger.run import (
     parse_manifest,
     zip_path_of,
 )
+from genre_tagger.run_format import FORMAT_VERSION
 
 # Inside every folder this project creates to work in (staging, set-aside, checkpoints): only a folder
 # carrying it is ever removed as a leftover.
@@ -110,7 +111,8 @@ def _files_of(folder):
 
 
 def write_manifest(folder):
-    """Record sha256 and size of every file of a finished run, and give every file the same mode."""
+    """Record sha256 and size of every file of a finished run (and the run format it is written in), and give every
+    file the same mode."""
     folder = Path(folder)
     files = {}
     for name in _files_of(folder):
@@ -122,7 +124,8 @@ def write_manifest(folder):
         files[name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
         os.chmod(path, umask_mode(0o777))
-    write_json(folder / MANIFEST, {"format": 1, "files": files})
+    # format: manifest.json's own layout; format_version: the run's, which Run.open reads (run_format.py).
+    write_json(folder / MANIFEST, {"format": 1, "format_version": FORMAT_VERSION, "files": files})
     os.chmod(folder / MANIFEST, umask_mode(0o666))
     return files
 

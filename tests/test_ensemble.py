@@ -1,6 +1,7 @@
 """python -m genre_tagger.ensemble: members checked (labels, split), probabilities averaged, opened like a run."""
 
 import json
+import re
 import shutil
 import zipfile
 
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_script
+from genre_tagger import UserError
 from genre_tagger import calibration as gcal
 from genre_tagger.common import write_json
 from genre_tagger.metrics import multilabel_metrics
@@ -218,6 +220,34 @@ def test_a_tampered_member_file_is_refused(ensemble, tmp_path, target):
     result = run_script("predict.py", "--model", copy, TEXTS[0])
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "does not match the run's manifest" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda spec: {**spec, "members": spec["members"][:1]}, "members has 1 entries"),
+        (
+            lambda spec: {**spec, "members": [{**m, "weight": float("nan")} for m in spec["members"]]},
+            "members[0].weight is nan",
+        ),
+        (
+            lambda spec: {**spec, "members": [{**m, "folder": "../x"} for m in spec["members"]]},
+            "members[0].folder is '../x'",
+        ),
+        (lambda spec: {**spec, "calibration": {**spec["calibration"], "shift": [0.0]}}, "calibration.shift has 1"),
+        (lambda spec: {**spec, "format": 2}, "format is 2: written by a newer genre-tagger (format 2)"),
+    ],
+)
+def test_a_crafted_and_resealed_ensemble_json_is_refused_in_one_line(ensemble, tmp_path, change, fragment):
+    from genre_tagger.save import reseal
+
+    copy = tmp_path / "ensemble"
+    shutil.copytree(ensemble, copy)
+    write_json(copy / "ensemble.json", change(json.loads((copy / "ensemble.json").read_text())))
+    reseal(copy)
+    with pytest.raises(UserError, match=re.escape(f"ensemble.json: {fragment}")) as raised:
+        Run.open(copy)
+    assert "\n" not in str(raised.value)
 
 
 def test_a_tampered_member_inside_the_zip_is_refused(ensemble, tmp_path):

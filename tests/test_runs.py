@@ -14,6 +14,7 @@ def make_run(folder, marker="one"):
         (folder / name).write_text("{}")
     write_json(folder / "config.json", {"id2label": {"0": "Action", "1": "Drama"}})
     write_json(folder / "train_config.json", {"settings": {"max_length": 16}})
+    write_json(folder / "thresholds.json", {"default": 0.3})  # an empty one is refused
     (folder / "marker.txt").write_text(marker)
     return folder
 
