@@ -9,7 +9,8 @@ from conftest import run_script
 from genre_tagger import UserError
 from genre_tagger import calibration as gcal
 from genre_tagger.metrics import decode, goal_threshold, parse_goals, tune_thresholds
-from genre_tagger.run import _check_thresholds, thresholds_from
+from genre_tagger.run import thresholds_from
+from genre_tagger.run_format import check_file
 
 LABELS = ["Action", "Drama", "Horror"]
 
@@ -87,7 +88,7 @@ def test_a_steep_map_still_gives_thresholds_a_run_may_hold_with_the_same_decisio
     assert all(0 < t < 1 for t in mapped) and mapped[2] == pytest.approx(0.3)
     labels = ["A", "B", "C"]
     saved = {"default": 0.3, "default_per_label": dict(zip(labels, map(float, json.loads(json.dumps(list(mapped))))))}
-    _check_thresholds(saved, labels, "run")  # what the run check reads back from thresholds.json
+    check_file("thresholds.json", saved, "run", labels)  # what the run check reads back from thresholds.json
     assert mapped[0] == np.nextafter(0.0, 1.0) and mapped[1] == np.nextafter(1.0, 0.0)
     # A row that the map sends to 1.0 is still tagged, as its uncalibrated probability above 0.3 says.
     raw = np.array([[0.29, 0.31, 0.31], [0.31, 0.99, 0.29]])
