@@ -101,7 +101,7 @@ def build_parser():
     p.add_argument(
         "--batch-size",
         type=bounded_int(1, MAX_PREDICT_BATCH),
-        default=32,
+        default=16,
         help=f"descriptions per forward pass, 1 to {MAX_PREDICT_BATCH} (default: %(default)s)",
     )
     p.add_argument(

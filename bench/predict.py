@@ -86,7 +86,9 @@ def main():
         default=100_000,
         help="descriptions for the flat-memory run, ONNX default variant (default: %(default)s; 0 skips it)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="batch size everywhere (default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="batch size everywhere (default: %(default)s, predict.py's)"
+    )
     p.add_argument(
         "--data",
         default="data/IMDB-Movie-Data.csv",
@@ -103,8 +105,12 @@ def main():
         help="int8 recipe to compare the run's own graph with (genre_tagger.modeling.INT8_RECIPES; '' skips it) "
         "(default: %(default)s)",
     )
+    p.add_argument("--previous-copy", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--worker", nargs=2, metavar=("MODEL", "FILE"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.previous_copy:
+        run_with_recipe(Path(args.previous_copy[0]), args.previous_copy[1], Path(args.previous_copy[2]))
+        return
     if args.worker:
         plain_torch_loop(args.worker[0], args.worker[1], args.batch_size)
         return
@@ -157,7 +163,11 @@ def main():
                 (f"predict.py onnx int8 {recipe}", "--backend", "onnx", "--onnx-variant", "int8"),
             ]
             if args.previous_recipe and args.previous_recipe != recipe:
-                previous = run_with_recipe(model, args.previous_recipe, Path(tmp) / "previous")
+                previous = str(Path(tmp) / "previous")
+                # In a child: loading the graphs here would count in every later child's peak RSS (fork).
+                run_measured(
+                    [python, "bench/predict.py", "--previous-copy", str(model), args.previous_recipe, previous]
+                )
                 runs.append(
                     (f"predict.py onnx int8 {args.previous_recipe}", "--onnx-variant", "int8", "--model", previous)
                 )

@@ -82,7 +82,7 @@ def build_parser():
     p.add_argument(
         "--batch-size",
         type=bounded_int(1, MAX_PREDICT_BATCH),
-        default=32,
+        default=16,
         help="descriptions per forward pass (default: %(default)s)",
     )
     p.add_argument(

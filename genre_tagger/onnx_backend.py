@@ -59,24 +59,17 @@ class OnnxTagger:
     """
 
     def __init__(self, model_path, tokenizer, labels, origin, variant="fp32", threads=0, spinning=True):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 4  # its warnings would interleave with ours; failures raise
-        if not spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared (serve.py)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.variant, self.labels, self.origin = variant, labels, origin
-        self.model_file = model_path.name
-        try:
-            self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
-            raise UserError(
-                f"{origin}: {model_path.name} cannot be loaded ({first_line(err, 200)}); re-create the run with train.py"
-            ) from None
-        inputs = sorted(i.name for i in self.session.get_inputs())
-        outputs = self.session.get_outputs()
+        self.model_path, self.model_file = model_path, model_path.name
+        # `threads` single-thread sessions, each running whole batches, side by side: on 2 cores this tags
+        # 1.4-1.6x more per second than one session with 2 threads (bench/RESULTS.md), whose many small
+        # operators pay a thread synchronisation each. The first is built now, the others on the first call
+        # with more than one batch, so a one-description start pays for one.
+        self.workers = threads or len(os.sched_getaffinity(0))
+        self.spinning = spinning
+        self.sessions = [self._session()]
+        inputs = sorted(i.name for i in self.sessions[0].get_inputs())
+        outputs = self.sessions[0].get_outputs()
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
         if (
             inputs != ["attention_mask", "input_ids"]
@@ -91,6 +84,27 @@ class OnnxTagger:
         self.tokenizers = [tokenizer]  # what the model reads with (explain.py asks every backend for them)
         self.max_length = tokenizer.truncation["max_length"]
 
+    @property
+    def session(self):
+        return self.sessions[0]
+
+    def _session(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 4  # its warnings would interleave with ours; failures raise
+        if not self.spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return onnxruntime.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+            raise UserError(
+                f"{self.origin}: {self.model_file} cannot be loaded ({first_line(err, 200)}); "
+                "re-create the run with train.py"
+            ) from None
+
     @classmethod
     def from_run(cls, run, variant=None, threads=0, spinning=True):
         variant, model_file = run.onnx_file(variant)
@@ -101,7 +115,8 @@ class OnnxTagger:
         return unknown_token_shares(self.tokenizer, texts)
 
     def probabilities(self, texts, batch_size=32):
-        """Shape (len(texts), genres), in the order of `texts`; batches rows of similar length together."""
+        """Shape (len(texts), genres), in the order of `texts`; batches rows of similar length together and runs
+        the batches on `threads` sessions at once."""
         try:
             encodings = self.tokenizer.encode_batch(list(texts))
         except Exception as err:  # the tokenizers library raises a bare Exception (or TypeError for odd text)
@@ -109,26 +124,58 @@ class OnnxTagger:
         lengths = np.array([len(e.ids) for e in encodings])
         order = np.argsort(lengths, kind="stable")
         outputs = np.zeros((len(encodings), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = int(lengths[batch].max())
-            input_ids = np.zeros((len(batch), width), dtype=np.int64)
-            attention_mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                input_ids[row, : lengths[i]] = encodings[i].ids
-                attention_mask[row, : lengths[i]] = 1
-            try:
-                (probabilities,) = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
-            except Exception as err:  # onnxruntime's own exception types
-                raise UserError(
-                    f"{self.origin}: the ONNX model failed to run ({type(err).__name__}); re-create the run"
-                ) from None
-            if probabilities.shape != (len(batch), len(self.labels)) or not (
-                np.isfinite(probabilities).all() and (probabilities >= 0).all() and (probabilities <= 1).all()
-            ):
-                raise UserError(
-                    f"{self.origin}: the ONNX model's output does not fit the run's {len(self.labels)} genres; "
-                    "re-create the run with train.py"
-                )
-            outputs[batch] = probabilities
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        workers = min(self.workers, len(batches))
+        if workers <= 1:
+            for batch in batches:
+                outputs[batch] = self._run(self.sessions[0], encodings, lengths, batch)
+            return outputs
+        while len(self.sessions) < workers:
+            self.sessions.append(self._session())
+        self._run_side_by_side(self.sessions[:workers], encodings, lengths, batches, outputs)
         return outputs
+
+    def _run_side_by_side(self, sessions, encodings, lengths, batches, outputs):
+        """Each session in its own thread takes the next batch until none is left (onnxruntime releases the GIL)."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending, lock, stop = iter(batches), threading.Lock(), threading.Event()
+
+        def work(session):
+            while not stop.is_set():
+                with lock:
+                    batch = next(pending, None)
+                if batch is None:
+                    return
+                outputs[batch] = self._run(session, encodings, lengths, batch)
+
+        with ThreadPoolExecutor(len(sessions)) as pool:
+            futures = [pool.submit(work, session) for session in sessions]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                stop.set()  # an error or Ctrl-C here: the other sessions stop after their current batch
+
+    def _run(self, session, encodings, lengths, batch):
+        width = int(lengths[batch].max())
+        input_ids = np.zeros((len(batch), width), dtype=np.int64)
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, i in enumerate(batch):
+            input_ids[row, : lengths[i]] = encodings[i].ids
+            attention_mask[row, : lengths[i]] = 1
+        try:
+            (probabilities,) = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        except Exception as err:  # onnxruntime's own exception types
+            raise UserError(
+                f"{self.origin}: the ONNX model failed to run ({type(err).__name__}); re-create the run"
+            ) from None
+        if probabilities.shape != (len(batch), len(self.labels)) or not (
+            np.isfinite(probabilities).all() and (probabilities >= 0).all() and (probabilities <= 1).all()
+        ):
+            raise UserError(
+                f"{self.origin}: the ONNX model's output does not fit the run's {len(self.labels)} genres; "
+                "re-create the run with train.py"
+            )
+        return probabilities

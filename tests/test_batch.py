@@ -243,7 +243,8 @@ def test_two_nodes_give_predict_pys_answers_joined_on_id(tmp_path, cluster, trai
         assert (joined["description"] == joined["description_predict"]).all()
         labels = [c for c in expected.columns if c not in ("id", "description", "genres")]
         difference = np.abs(joined[labels].to_numpy() - joined[[f"{c}_predict" for c in labels]].to_numpy())
-        assert difference.max() <= 1e-6, (variant, difference.max())
+        # fp32: float rounding; int8 rowwise: a rounding difference upstream can move one int8 step (README)
+        assert difference.max() <= (1e-6 if variant == "fp32" else 1e-3), (variant, difference.max())
         assert all(list(a) == list(b) for a, b in zip(joined["genres"], joined["genres_predict"]))
 
 
