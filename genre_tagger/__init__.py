@@ -8,7 +8,7 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - save: writing a run (staging, manifest, publish, zip) and train.py's checks of where it writes
 - settings: every flag of train.py (its parser) and the range checks of train.py's, predict.py's, serve.py's
 - data: download, clean and validate the CSV, encode labels, split (pandas, scikit-learn)
-- textio: predict.py's reading (bounded, CSV / JSON lines / text / stdin) and writing (CSV / JSONL)
+- textio: predict.py's reading (bounded, CSV / JSON lines / Parquet / text / stdin) and writing (CSV / JSONL / Parquet)
 - metrics: metrics, threshold tuning (F1 and precision / recall goals) and decoding (numpy, scikit-learn)
 - calibration: calibration fitted on held-out rows and folded into the model; ECE, Brier, log loss (numpy, scipy)
 - modeling: the torch Dataset, the classifier, the Trainer glue and ONNX export (torch, transformers)
@@ -20,6 +20,7 @@ Submodules are split by what they import, so that predict.py's ONNX path never l
 - onnx_backend: fast CPU inference with onnxruntime and tokenizers (no torch)
 - tagger: `load_tagger(path)`, the one way to load a run in Python (ONNX, torch or ensemble backend)
 - explain: which words made each genre: word-level occlusion through any backend (no torch)
+- batch: `python -m genre_tagger.batch`, a catalogue tagged by Ray Data actors in resumable shards (Ray)
 - serving: serve.py's app: the run it serves, request schemas, the dynamic batcher (FastAPI; no torch);
   web/ holds the page it serves at /
 - review: the review loop's store (SQLAlchemy Core; SQLite by default), queue and CLI

@@ -86,11 +86,13 @@ function select(genre) {
   highlight();
 }
 
-// The description with the selected genre's words marked; offsets index the description as tagged.
+// The description with the selected genre's words marked; offsets index the description as tagged, in code
+// points (Python's str), so the text is sliced as an array of code points: a JS string counts an emoji twice.
 function highlight() {
   words.replaceChildren();
   if (!explained) return;
-  const text = explained.description;
+  const points = Array.from(explained.description);
+  const text = { slice: (start, end) => points.slice(start, end).join("") };
   const genre = selected && explained.genres[selected];
   const marks = [];
   if (genre) {
