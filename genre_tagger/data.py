@@ -111,7 +111,8 @@ def csv_rows(handle, source, first_row=2):
                     "check that row's commas and quotes"
                 )
             for field in fields:
-                for line in field.splitlines()[1:]:
+                # Only what ends a physical line: str.splitlines also splits at U+0085, U+2028 and form feeds.
+                for line in field.replace("\r\n", "\n").replace("\r", "\n").split("\n")[1:]:
                     if line.count(",") >= len(header) - 1 > 0:
                         raise UserError(
                             f"{source}: row {number} has a quoted field that swallows what looks like further rows "

@@ -1,5 +1,6 @@
 import hashlib
 import http.server
+import io
 import threading
 from functools import partial
 
@@ -40,6 +41,15 @@ def test_load_labelled_csv_cleans_and_counts_duplicates(tmp_path):
     assert frame["source_row"].tolist() == [2, 4]
     assert report["duplicates_dropped"] == 1
     assert report["scraped_tails_stripped"] == 1
+
+
+def test_a_quoted_field_with_line_separators_that_are_not_newlines_is_one_row():
+    """U+0085 and U+2028 end a line for str.splitlines, not in a CSV file: a field holding them is no merged row."""
+    from genre_tagger.data import csv_rows
+
+    text = 'Description,Genre\n"A heist\x85, a chase\u2028, a fall",Crime\n'
+    rows = list(csv_rows(io.StringIO(text, newline=""), "in.csv"))
+    assert rows[1:] == [(2, ["A heist\x85, a chase\u2028, a fall", "Crime"])]
 
 
 def test_missing_column_is_named(tmp_path):
