@@ -474,7 +474,7 @@ def start_ray(address, threads):
             log_to_driver=False,
             runtime_env={"py_modules": [genre_tagger]},
         )
-    except (ConnectionError, RuntimeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - ray.init raises many types (connection, version, resources)
         raise UserError(f"cannot reach a Ray cluster at {address or 'this machine'} ({first_line(err, 160)})") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
