@@ -67,7 +67,12 @@ class OnnxTagger:
         # with more than one batch, so a one-description start pays for one.
         self.workers = threads or len(os.sched_getaffinity(0))
         self.spinning = spinning
+        try:  # kept for the later sessions: a zip's extracted file is gone once the run is closed
+            self._model_bytes = model_path.read_bytes()
+        except OSError as err:
+            raise UserError(f"{origin}: {model_path.name} cannot be read ({err.strerror}); re-create the run") from None
         self.sessions = [self._session()]
+        self._drop_bytes_when_built()
         inputs = sorted(i.name for i in self.sessions[0].get_inputs())
         outputs = self.sessions[0].get_outputs()
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
@@ -88,6 +93,10 @@ class OnnxTagger:
     def session(self):
         return self.sessions[0]
 
+    def _drop_bytes_when_built(self):
+        if len(self.sessions) >= self.workers:
+            self._model_bytes = None
+
     def _session(self):
         import onnxruntime
 
@@ -98,12 +107,13 @@ class OnnxTagger:
         if not self.spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            return onnxruntime.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(self._model_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise UserError(
                 f"{self.origin}: {self.model_file} cannot be loaded ({first_line(err, 200)}); "
                 "re-create the run with train.py"
             ) from None
+        return session
 
     @classmethod
     def from_run(cls, run, variant=None, threads=0, spinning=True):
@@ -132,6 +142,7 @@ class OnnxTagger:
             return outputs
         while len(self.sessions) < workers:
             self.sessions.append(self._session())
+        self._drop_bytes_when_built()
         self._run_side_by_side(self.sessions[:workers], encodings, lengths, batches, outputs)
         return outputs
 
