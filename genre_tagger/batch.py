@@ -33,6 +33,10 @@ JOB_FORMAT = 1
 OUTPUT_FORMATS = ("parquet", "jsonl", "csv")
 INPUT_FORMATS = ("auto", "csv", "jsonl", "parquet")
 MAX_WORKERS = 4096
+JOB_SETTINGS = (
+    "format", "text_column", "id_column", "threshold", "max_genres", "min_genres",
+    "batch_size", "rows_per_shard", "on_bad_row", "input_format",
+)  # fmt: skip
 MAX_THREADS_PER_WORKER = 1024
 MAX_ROWS_PER_SHARD = 10**7
 # What this tool writes into --output: its two JSON files, finished shards and their temporary names.
@@ -325,14 +329,13 @@ def run_identity(run, variant):
     return digest.hexdigest(), variant
 
 
+def job_settings(args):
+    """The settings a job's results depend on: a resumed job must have the same, and the actors read them."""
+    return {name: getattr(args, name) for name in JOB_SETTINGS}
+
+
 def job_description(args, run_sha256, variant, inputs, shards):
-    settings = {
-        name: getattr(args, name)
-        for name in (
-            "format", "text_column", "id_column", "threshold", "max_genres", "min_genres",
-            "batch_size", "rows_per_shard", "on_bad_row", "input_format",
-        )
-    }  # fmt: skip
+    settings = job_settings(args)
     return {
         "format_version": JOB_FORMAT,
         "written_by": "genre_tagger.batch",
@@ -563,7 +566,7 @@ def main(argv=None):
 
 def tag_shards(ray, args, model, variant, inputs, folder, todo, workers):
     """Ray Data: one item per shard, tagged by a fixed pool of actors; the first failed shard is one line."""
-    settings = {name: getattr(args, name) for name in job_description(args, "", "", [], [])["settings"]}
+    settings = job_settings(args)
     dataset = ray.data.from_items([{"shard": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
     job = (str(model), variant, args.threads_per_worker, settings, inputs, str(folder))
     results = dataset.map_batches(

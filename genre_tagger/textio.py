@@ -476,6 +476,7 @@ class ResultWriter:
     def __init__(self, path, labels, threshold_text, as_json, explain=False, with_ids=False, replace=False):
         self.labels, self.threshold_text, self.as_json, self.explain = labels, threshold_text, as_json, explain
         self.path, self.with_ids, self.replace = path, with_ids, replace
+        kind = path.lower().rsplit(".", 1)[-1] if path else None
         self.tmp_name = None
         self.csv = self.parquet = None
         if path:
@@ -484,7 +485,7 @@ class ResultWriter:
             folder = os.path.dirname(os.path.abspath(path))
             try:
                 fd, self.tmp_name = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=folder)
-                if path.lower().endswith(".parquet"):
+                if kind == "parquet":
                     self.handle = os.fdopen(fd, "wb")
                 else:
                     self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
@@ -492,9 +493,9 @@ class ResultWriter:
                 raise UserError(f"cannot write --output {path} ({err.strerror}); choose a writable path") from None
         else:
             self.handle = sys.stdout
-        if path and path.lower().endswith(".parquet"):
+        if kind == "parquet":
             self._open_parquet()
-        elif path and path.lower().endswith(".csv"):
+        elif kind == "csv":
             self.csv = csv.writer(self.handle)
             header = [*(["id"] if with_ids else []), "description", "genres", *self.labels]
             header += ["explanations"] if explain else []
