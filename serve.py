@@ -71,6 +71,20 @@ def build_parser():
         help="largest request body in KiB; larger gets 413 (default: %(default)s)",
     )
     p.add_argument(
+        "--max-explain-descriptions",
+        type=bounded_int(1, MAX_PREDICT_BATCH),
+        default=8,
+        help='most descriptions in one "explain": true request (each costs a forward pass per word); more get 422 '
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-explain-queue",
+        type=bounded_int(0, MAX_CONCURRENCY),
+        default=4,
+        help="most explain requests waiting while one is explained (explanations have their own worker, so plain "
+        "tagging never waits behind them); more get 503 with Retry-After (default: %(default)s)",
+    )
+    p.add_argument(
         "--onnx-variant",
         choices=["int8", "fp32"],
         default=None,
@@ -143,6 +157,8 @@ def main(argv=None):
         batch_size=args.batch_size,
         max_descriptions=args.max_descriptions,
         max_body_bytes=args.max_body_kb * 1024,
+        max_explain_descriptions=args.max_explain_descriptions,
+        max_explain_queue=args.max_explain_queue,
         review=review,
         review_strategy=args.review_strategy,
     )

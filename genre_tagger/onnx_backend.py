@@ -1,6 +1,7 @@
 """Fast CPU inference from a run's ONNX export, with onnxruntime and tokenizers: torch is never imported."""
 
 import os
+import threading
 
 import numpy as np
 
@@ -66,6 +67,7 @@ class OnnxTagger:
         # operators pay a thread synchronisation each. The first is built now, the others on the first call
         # with more than one batch, so a one-description start pays for one.
         self.workers = threads or len(os.sched_getaffinity(0))
+        self._growing = threading.Lock()
         self.spinning = spinning
         try:  # kept for the later sessions: a zip's extracted file is gone once the run is closed
             self._model_bytes = model_path.read_bytes()
@@ -140,15 +142,15 @@ class OnnxTagger:
             for batch in batches:
                 outputs[batch] = self._run(self.sessions[0], encodings, lengths, batch)
             return outputs
-        while len(self.sessions) < workers:
-            self.sessions.append(self._session())
-        self._drop_bytes_when_built()
+        with self._growing:  # serve.py tags and explains on two threads: the bytes must outlast every build
+            while len(self.sessions) < workers:
+                self.sessions.append(self._session())
+            self._drop_bytes_when_built()
         self._run_side_by_side(self.sessions[:workers], encodings, lengths, batches, outputs)
         return outputs
 
     def _run_side_by_side(self, sessions, encodings, lengths, batches, outputs):
         """Each session in its own thread takes the next batch until none is left (onnxruntime releases the GIL)."""
-        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         pending, lock, stop = iter(batches), threading.Lock(), threading.Event()

@@ -30,6 +30,7 @@ LENGTH_RATIO = 1.3  # a gathered batch's chunk holds descriptions at most 1.3x a
 DISCARD_LIMIT = 16 << 20  # bytes of a refused body read and dropped before answering; past it, the connection is cut
 CHARS_PER_TOKEN = 64  # a description may have this many characters per token of the model's limit, and no more
 DEFAULT_MAX_TOKENS = 512
+RETRY_AFTER_S = 5  # what a 503 for a full queue tells the client to wait before trying again
 # What the tokenizer cannot take (lone surrogates) or no plot description has: control characters other than
 # ordinary whitespace (tab, newline, carriage return, vertical tab, form feed), NUL included.
 _REFUSED_CHARACTER = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -127,8 +128,8 @@ def text_problem(text, max_chars):
     return None
 
 
-def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKENS):
-    """Pydantic models for one server's limits (descriptions per request and characters per description)."""
+def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKENS, max_explained=8):
+    """Pydantic models for one server's limits (descriptions per request, explained ones, characters each)."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
     class TagRequest(BaseModel):
@@ -159,7 +160,8 @@ def _load_schemas(max_descriptions, max_chars=CHARS_PER_TOKEN * DEFAULT_MAX_TOKE
             description=(
                 "also say, per tagged genre, which words pushed its probability up and which pushed it down "
                 "(leave-one-word-out: one extra forward pass per word), with signed scores and character offsets "
-                "into the description: each result gets `explanations`, as `predict.py --explain --json` prints"
+                "into the description: each result gets `explanations`, as `predict.py --explain --json` prints; "
+                f"at most {max_explained} descriptions per request with explain"
             ),
         )
 
@@ -249,7 +251,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.monotonic)
-    # With explain()'s keyword arguments, the job runs alone and its outcome is (rows, explanations).
+    # With explain()'s keyword arguments (an Explainer's job), its outcome is (rows, explanations).
     explain: dict | None = None
 
 
@@ -263,8 +265,10 @@ class Batcher:
     only while other requests are on their way, and at most `wait_ms` after its first request arrived.
     A batch holds at most `max_batch` descriptions (a single larger request runs alone) and runs in
     length-sorted chunks of at most `batch_size` (see `_probabilities`). `max_batch=1` turns batching
-    off: one forward pass per request.
+    off: one forward pass per request. At most `max_waiting` descriptions wait; more are ServerBusy.
     """
+
+    thread_name = "batcher"
 
     def __init__(self, tagger, max_batch=64, wait_ms=5.0, batch_size=32, max_waiting=2048):
         self.tagger, self.max_batch, self.wait_s, self.batch_size = tagger, max_batch, wait_ms / 1000, batch_size
@@ -273,7 +277,7 @@ class Batcher:
         self._waiting = 0
         self.arriving = 0  # POST /v1/tag requests received whose descriptions are not queued yet
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._work, name="batcher", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=self.thread_name, daemon=True)
         self._closing = False
         self.stats = {"requests": 0, "descriptions": 0, "batches": 0, "largest_batch": 0, "retried_batches": 0}
         self.stats["failed_requests"] = 0
@@ -302,22 +306,24 @@ class Batcher:
 
     @property
     def waiting(self):
-        """Descriptions received and not yet in a forward pass."""
+        """Descriptions (for an Explainer: requests) received and not yet in a forward pass."""
         return self._waiting
 
-    async def probabilities(self, texts, scope=None, explain=None):
-        """The rows of `texts`; with `explain` (thresholds, top_k), (rows, explanations), the job run alone:
-        its numbers are then exactly predict.py --explain --json's, whatever else is being served."""
-        if scope is not None:
-            self.settled(scope)
+    def _cost(self, texts):
+        """What a job counts against `max_waiting`."""
+        return len(texts)
+
+    async def probabilities(self, texts, explain=None):
+        """The rows of `texts`; with `explain` (thresholds, top_k: an Explainer's jobs), (rows, explanations)."""
         loop = asyncio.get_running_loop()
         job = _Job(list(texts), loop.create_future(), loop, explain=explain)
+        cost = self._cost(job.texts)
         with self._lock:
             if self._closing or not self._thread.is_alive():
                 raise NotServing
-            if self._waiting + len(texts) > self.max_waiting:
+            if self._waiting + cost > self.max_waiting:
                 raise ServerBusy
-            self._waiting += len(texts)
+            self._waiting += cost
             self._queue.put(job)
         return await job.future
 
@@ -330,7 +336,7 @@ class Batcher:
         first = jobs[0]
         size = len(first.texts)
         deadline = first.enqueued + self.wait_s
-        while size < self.max_batch and first.explain is None:
+        while size < self.max_batch:
             remaining = deadline - time.monotonic()
             try:
                 if remaining > 0 and self._queue.empty() and self.arriving > 0:
@@ -341,7 +347,7 @@ class Batcher:
                 if remaining > 0 and self.arriving > 0:
                     continue
                 return None
-            if job is _STOP or size + len(job.texts) > self.max_batch or job.explain is not None:
+            if job is _STOP or size + len(job.texts) > self.max_batch:
                 return job
             jobs.append(job)
             size += len(job.texts)
@@ -399,7 +405,7 @@ class Batcher:
         """One batch: every job gets its rows, or, if the batch fails, its own outcome run alone."""
         texts = [text for job in jobs for text in job.texts]
         with self._lock:
-            self._waiting -= len(texts)
+            self._waiting -= sum(self._cost(job.texts) for job in jobs)
         self.stats["batches"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["descriptions"] += len(texts)
@@ -452,6 +458,24 @@ class Batcher:
             return rows
         except Exception as err:  # noqa: BLE001 - reported to the request(s) it belongs to
             return err
+
+
+class Explainer(Batcher):
+    """The worker of `"explain": true` requests, beside the Batcher: an explanation is one forward pass per
+    word of each description, and on the Batcher's thread it would hold every plain request behind it.
+    Each request runs alone (so its numbers are predict.py --explain --json's); at most `max_waiting`
+    requests wait while one runs, more are ServerBusy."""
+
+    thread_name = "explainer"
+
+    def __init__(self, tagger, batch_size=32, max_waiting=4):
+        super().__init__(tagger, max_batch=1, wait_ms=0, batch_size=batch_size, max_waiting=max_waiting)
+
+    def _cost(self, texts):
+        return 1
+
+    def _gather(self, jobs):
+        return None
 
 
 def _resolve(job, outcome):
@@ -640,6 +664,8 @@ def create_app(
     batch_size=32,
     max_descriptions=64,
     max_body_bytes=1 << 20,
+    max_explain_descriptions=8,
+    max_explain_queue=4,
     review=None,
     review_strategy="uncertain",
 ):
@@ -652,8 +678,9 @@ def create_app(
     from starlette.exceptions import HTTPException
 
     max_chars = CHARS_PER_TOKEN * (run.description.get("max_tokens") or DEFAULT_MAX_TOKENS)
-    TagRequest, TagResponse = _load_schemas(max_descriptions, max_chars)
+    TagRequest, TagResponse = _load_schemas(max_descriptions, max_chars, max_explain_descriptions)
     batcher = Batcher(run.tagger, max_batch=max_batch, wait_ms=batch_wait_ms, batch_size=batch_size)
+    explainer = Explainer(run.tagger, batch_size=batch_size, max_waiting=max_explain_queue)
     settings = {
         "max_description_chars": max_chars,
         "max_batch": max_batch,
@@ -661,13 +688,17 @@ def create_app(
         "batch_size": batch_size,
         "max_descriptions_per_request": max_descriptions,
         "max_body_bytes": max_body_bytes,
+        "max_explain_descriptions": max_explain_descriptions,
+        "max_explain_queue": max_explain_queue,
     }
 
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
+        explainer.start()
         yield
         batcher.stop()  # uvicorn calls this after in-flight requests have finished
+        explainer.stop()
 
     app = FastAPIOffline(
         title="genre-tagger",
@@ -677,6 +708,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.batcher = batcher
+    app.state.explainer = explainer
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
@@ -713,12 +745,24 @@ def create_app(
         max_genres = body.max_genres if body.max_genres is not None else body.top_k
         if max_genres is not None and body.min_genres > max_genres:
             return JSONResponse({"error": f"min_genres ({body.min_genres}) exceeds max_genres ({max_genres})"}, 422)
+        batcher.settled(request.scope)  # no longer on its way to the batcher, whichever worker takes it
+        if body.explain and len(body.descriptions) > max_explain_descriptions:
+            message = (
+                f"explain takes at most {max_explain_descriptions} descriptions per request, got "
+                f"{len(body.descriptions)}; split them over several requests"
+            )
+            return JSONResponse({"error": message}, 422)
         counts = {"top_k": max_genres, "min_genres": body.min_genres}
         explain = {"thresholds": thresholds, "labels": run.labels, **counts} if body.explain else None
         try:
-            probabilities = await batcher.probabilities(body.descriptions, request.scope, explain)
+            if body.explain:
+                probabilities = await explainer.probabilities(body.descriptions, explain=explain)
+            else:
+                probabilities = await batcher.probabilities(body.descriptions)
         except ServerBusy:
-            return JSONResponse({"error": "server busy: too many descriptions waiting; retry shortly"}, 503)
+            waiting = "explanations" if body.explain else "descriptions"
+            message = f"server busy: too many {waiting} waiting; retry in {RETRY_AFTER_S} s"
+            return JSONResponse({"error": message}, 503, headers={"Retry-After": str(RETRY_AFTER_S)})
         except NotServing:
             return JSONResponse({"error": "server is shutting down; retry shortly"}, 503)
         except TaggingFailed as err:
@@ -745,7 +789,8 @@ def create_app(
 
     @app.get(f"/{API_VERSION}/stats", summary="Requests, descriptions and batches served so far")
     async def stats():
-        return {**batcher.stats, "waiting": batcher.waiting, "arriving": batcher.arriving}
+        explaining = {**explainer.stats, "waiting": explainer.waiting}
+        return {**batcher.stats, "waiting": batcher.waiting, "arriving": batcher.arriving, "explain": explaining}
 
     @app.get("/healthz", summary="Alive: the process answers")
     async def healthz():
@@ -753,7 +798,7 @@ def create_app(
 
     @app.get("/readyz", summary="Ready: the model is loaded and the batcher runs")
     async def readyz():
-        if not batcher.alive:
+        if not (batcher.alive and explainer.alive):
             return JSONResponse({"status": "not ready"}, status_code=503)
         return {"status": "ready", "model": run.description["model_sha256"][:12]}
 

@@ -228,6 +228,97 @@ def test_an_explanation_that_fails_fails_only_its_own_request():
     assert all("explanations" not in r.json()["results"][0] for r in responses[:4])
 
 
+class HeldExplanations:
+    """Makes a FakeTagger's calls on the explainer's thread wait until released: an explanation in progress."""
+
+    def __init__(self, tagger):
+        self.entered, self.released, self.real = threading.Event(), threading.Event(), tagger.probabilities
+        tagger.probabilities = self.probabilities
+
+    def probabilities(self, texts, batch_size):
+        if threading.current_thread().name == "explainer":
+            self.entered.set()
+            assert self.released.wait(60), "the explanation was never released"
+        return self.real(texts, batch_size)
+
+
+def in_background(call):
+    """Start `call` in a thread; the returned function waits for it and gives its result."""
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(value=call()), daemon=True)
+    thread.start()
+
+    def outcome():
+        thread.join(60)
+        return result["value"]
+
+    outcome.done = lambda: not thread.is_alive()
+    return outcome
+
+
+def explain_body(*descriptions):
+    return json.dumps({"descriptions": list(descriptions), "explain": True, "threshold": 0.1}).encode()
+
+
+def test_plain_tagging_is_answered_while_an_explanation_runs():
+    tagger = FakeTagger()
+    held = HeldExplanations(tagger)
+    server = LiveServer(create_app(fake_run(tagger), batch_wait_ms=0))
+    try:
+        explaining = in_background(lambda: post(server.url, explain_body("A long plot about a heist.")))
+        assert held.entered.wait(30)
+        plain = post(server.url, GOOD)
+        assert plain.status_code == 200, plain.text
+        assert [r["description"] for r in plain.json()["results"]] == json.loads(GOOD)["descriptions"]
+        assert not explaining.done()  # answered while the explanation still held its worker
+        held.released.set()
+        explained = explaining()
+    finally:
+        held.released.set()
+        server.stop()
+    assert explained.status_code == 200, explained.text
+    assert [g["genre"] for g in explained.json()["results"][0]["explanations"]["genres"]] == ["Drama", "Action"]
+
+
+def test_explain_requests_past_the_queue_bound_get_503_with_retry_after():
+    tagger = FakeTagger()
+    held = HeldExplanations(tagger)
+    server = LiveServer(create_app(fake_run(tagger), batch_wait_ms=0, max_explain_queue=1))
+    try:
+        running = in_background(lambda: post(server.url, explain_body("The one being explained.")))
+        assert held.entered.wait(30)
+        queued = in_background(lambda: post(server.url, explain_body("The one waiting.")))
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/v1/stats").json()["explain"]["waiting"] < 1:
+            assert time.monotonic() < deadline, "the second explanation never queued"
+            time.sleep(0.02)
+        refused = post(server.url, explain_body("One too many."))
+        plain = post(server.url, GOOD)
+        held.released.set()
+        answered = [running(), queued()]
+    finally:
+        held.released.set()
+        server.stop()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"].isdigit()
+    assert "too many explanations waiting; retry in" in refused.json()["error"]
+    assert plain.status_code == 200, plain.text
+    assert [r.status_code for r in answered] == [200, 200]
+
+
+def test_explain_takes_at_most_the_configured_descriptions(client):
+    many = explain_body(*(f"Plot number {i}." for i in range(9)))
+    refused = client.post("/v1/tag", content=many, headers={"content-type": "application/json"})
+    assert refused.status_code == 422
+    assert refused.json()["error"].startswith("explain takes at most 8 descriptions per request, got 9")
+    unexplained = json.dumps({"descriptions": [f"Plot number {i}." for i in range(9)]}).encode()
+    assert client.post("/v1/tag", content=unexplained, headers={"content-type": "application/json"}).status_code == 200
+    eight = explain_body(*(f"Plot number {i}." for i in range(8)))
+    response = client.post("/v1/tag", content=eight, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert all("explanations" in result for result in response.json()["results"])
+
+
 def test_the_batcher_outlives_any_error_and_resolves_every_request():
     tagger = FakeTagger()
 
