@@ -115,6 +115,20 @@ def build_parser():
         help="whole seconds an idle keep-alive connection is kept open waiting for its next request (default: %(default)s)",
     )
     p.add_argument(
+        "--header-timeout-s",
+        type=bounded_float(0, 3600, low_open=True),
+        default=10.0,
+        help="seconds a client has, from connecting (or from the first byte of its next request), to send a "
+        "request's line and headers; later gets 408 and the connection closed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=bounded_float(0, 3600, low_open=True),
+        default=30.0,
+        help="seconds a request's body has to arrive in full, from the end of its headers; later gets 408 and the "
+        "connection closed (default: %(default)s)",
+    )
+    p.add_argument(
         "--review",
         metavar="DB",
         default=None,
@@ -138,7 +152,7 @@ def main(argv=None):
     try:
         import uvicorn
 
-        from genre_tagger.serving import create_app, load_served_run
+        from genre_tagger.serving import create_app, header_deadline_protocol, load_served_run
     except ImportError as err:
         raise UserError(f"serve.py needs {err.name}: pip install -r requirements-serve.txt") from None
 
@@ -159,6 +173,7 @@ def main(argv=None):
         max_body_bytes=args.max_body_kb * 1024,
         max_explain_descriptions=args.max_explain_descriptions,
         max_explain_queue=args.max_explain_queue,
+        body_timeout_s=args.body_timeout_s,
         review=review,
         review_strategy=args.review_strategy,
     )
@@ -177,6 +192,7 @@ def main(argv=None):
         timeout_graceful_shutdown=args.graceful_timeout_s,
         limit_concurrency=args.limit_concurrency,
         timeout_keep_alive=args.timeout_keep_alive_s,
+        http=header_deadline_protocol(args.header_timeout_s),
         server_header=False,
     )
     server = uvicorn.Server(config)

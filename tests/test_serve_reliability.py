@@ -8,9 +8,13 @@ get a 5xx (hypothesis); 32 clients keep being served while another sends malform
 import asyncio
 import importlib.util
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -18,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, run_script
+from conftest import ROOT, free_port, run_script
 from genre_tagger import UserError
 from genre_tagger.serving import Batcher, ServedRun, TaggingFailed, create_app
 
@@ -455,6 +459,10 @@ def load_serve_module():
         (["--timeout-keep-alive-s", "0"], "--timeout-keep-alive-s must be a whole number between 1 and 3600"),
         (["--timeout-keep-alive-s", "100000"], "--timeout-keep-alive-s must be a whole number between"),
         (["--graceful-timeout-s", "nan"], "--graceful-timeout-s must be a number between 0 and 3600"),
+        (["--header-timeout-s", "0"], "--header-timeout-s must be a number between 0 and 3600 (0 excluded)"),
+        (["--body-timeout-s", "3601"], "--body-timeout-s must be a number between 0 and 3600"),
+        (["--max-explain-queue", "-1"], "--max-explain-queue must be a whole number between 0 and 65536"),
+        (["--max-explain-descriptions", "0"], "--max-explain-descriptions must be a whole number between 1"),
     ],
 )
 def test_limit_flags_are_validated(flags, says):
@@ -465,6 +473,8 @@ def test_limit_flags_are_validated(flags, says):
     assert problem.startswith(says) and problem.endswith(f"not {flags[1]}") and "\n" not in problem
     defaults = serve.build_parser().parse_args([])
     assert (defaults.limit_concurrency, defaults.timeout_keep_alive_s) == (256, 5)
+    assert (defaults.header_timeout_s, defaults.body_timeout_s) == (10, 30)
+    assert (defaults.max_explain_descriptions, defaults.max_explain_queue) == (8, 4)
 
 
 def test_startup_errors_are_one_line_exit_2(tmp_path):
@@ -487,6 +497,100 @@ def test_startup_errors_are_one_line_exit_2(tmp_path):
         assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     missing = run_script("serve.py", "--model", tmp_path / "nothing", "--port", "0")
     assert missing.returncode == 2 and missing.stderr.startswith("error: no trained model at"), missing.stderr
+
+
+# serve.py itself (its flags, its uvicorn settings) in its own process, on a fake tagger instead of a trained run.
+FAKE_SERVE = """
+import runpy, sys
+sys.path.insert(0, sys.argv.pop(1))
+import genre_tagger.serving as serving
+from test_serve_reliability import FakeTagger, fake_run
+serving.load_served_run = lambda *args, **kwargs: fake_run(FakeTagger())
+sys.argv[0] = "serve.py"
+runpy.run_path("serve.py", run_name="__main__")
+"""
+
+
+@contextmanager
+def fake_serve(*flags):
+    """serve.py on a free port with the fake run; stopped with SIGTERM afterwards, its stderr checked."""
+    port = free_port()
+    command = [sys.executable, "-c", FAKE_SERVE, str(ROOT / "tests"), "--port", str(port), *map(str, flags)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, "serve.py did not become ready"
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield url, port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, output
+    assert "Traceback" not in output, output
+
+
+def stalled(port, data):
+    """A connection that sent `data` and nothing more."""
+    connection = socket.create_connection(("127.0.0.1", port))
+    connection.settimeout(30)  # far past the server's deadlines: a server that never answers fails the test
+    connection.sendall(data)
+    return connection
+
+
+def everything_sent(connection):
+    """What the server sends on `connection` until it closes it."""
+    received = b""
+    with connection:
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+HALF_A_HEADER = b"POST /v1/tag HTTP/1.1\r\nHost: localhost\r\nContent-Ty"
+TEN_OF_1000_BYTES = (
+    b"POST /v1/tag HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    + b'{"descript'
+)
+
+
+def test_stalled_headers_and_bodies_get_408_and_free_their_connections():
+    flags = ["--header-timeout-s", 0.5, "--body-timeout-s", 0.5, "--limit-concurrency", 6]
+    with fake_serve(*flags) as (url, port):
+        stalls = [stalled(port, HALF_A_HEADER), stalled(port, b""), stalled(port, TEN_OF_1000_BYTES)]
+        meanwhile = post(url, GOOD)
+        answers = [everything_sent(connection) for connection in stalls]
+        # Had the three kept their connections, these four and the next request would pass --limit-concurrency.
+        more_stalls = [stalled(port, HALF_A_HEADER) for _ in range(4)]
+        afterwards = post(url, GOOD)
+        later_answers = [everything_sent(connection) for connection in more_stalls]
+    assert meanwhile.status_code == 200 and afterwards.status_code == 200, (meanwhile.text, afterwards.text)
+    for answer in [*answers[:2], *later_answers]:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert json.loads(body)["error"].startswith("the request line and headers did not arrive within 0.5 s")
+    head, _, body = answers[2].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ") and b"application/json" in head, answers[2]
+    assert json.loads(body)["error"].startswith("the request body did not arrive within 0.5 s")
+
+
+def test_headers_past_the_size_limit_are_refused_in_bounded_memory():
+    with fake_serve() as (url, port):
+        connection = stalled(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: ")
+        try:
+            for _ in range(64):  # 4 MiB, far past MAX_HEADER_BYTES, unless the server closes first
+                connection.sendall(b"a" * 65536)
+            answer = everything_sent(connection)
+        except ConnectionError:  # closed while this side was still sending: the 431 may be lost with it
+            answer = b""
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer
+        assert httpx.get(url + "/healthz").status_code == 200
 
 
 def test_stopped_message_tells_the_truth():
