@@ -329,14 +329,55 @@ def sample_change(folder, name, path, value):
     return name, path, value
 
 
+@pytest.fixture(scope="module")
+def ensemble_of_trained(trained, tmp_path_factory):
+    """An ensemble of the trained run's two ONNX exports (int8 and fp32: two models on one split), no training."""
+    import shutil
+
+    from conftest import run_script
+    from genre_tagger.save import reseal
+
+    work = tmp_path_factory.mktemp("ensemble-of-trained")
+    other_export = work / "other-export"
+    shutil.copytree(trained["output"], other_export)
+    onnx = json.loads((other_export / "onnx.json").read_text())
+    (other_variant,) = set(onnx["files"]) - {onnx["default"]}
+    write_json(other_export / "onnx.json", {**onnx, "default": other_variant})
+    reseal(other_export)
+    output = work / "ensemble"
+    built = run_script("-m", "genre_tagger.ensemble", trained["output"], other_export, "--output", output)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return output
+
+
 @pytest.mark.parametrize("entry", SAMPLE, ids=[shown(*entry) for entry in SAMPLE])
-def test_each_entry_point_refuses_a_crafted_run_in_one_line(crafted_copy, tmp_path, entry):
+def test_each_entry_point_refuses_a_crafted_run_in_one_line(
+    crafted_copy, trained, ensemble_of_trained, tmp_path, entry
+):
+    import shutil
+
     from conftest import one_line_error, run_script
     from genre_tagger import load_tagger
+    from genre_tagger.save import reseal
 
     name, path, value = sample_change(crafted_copy, *entry)
     craft(crafted_copy, name, path, value, (crafted_copy / name).read_text())
     one_line_error(run_script("predict.py", "--model", crafted_copy, "A heist."), name)
+    # serve.py refuses it at start-up, before it listens: nothing to stop afterwards
+    one_line_error(run_script("serve.py", "--model", crafted_copy, "--port", "0", timeout=120), name)
+    ensemble = ("-m", "genre_tagger.ensemble", trained["output"], crafted_copy, "--output", tmp_path / "ensemble")
+    one_line_error(run_script(*ensemble), name)
+    assert not (tmp_path / "ensemble").exists() and not (tmp_path / "ensemble.zip").exists()
+    with_crafted_member = tmp_path / "with-crafted-member"
+    shutil.copytree(ensemble_of_trained, with_crafted_member)
+    member = with_crafted_member / "members" / "1"
+    craft(member, *sample_change(member, *entry), (member / name).read_text())
+    reseal(with_crafted_member)  # the ensemble's own manifest, over the member's new files
+    one_line_error(run_script("predict.py", "--model", with_crafted_member, "A heist."), name)
+    one_line_error(run_script("serve.py", "--model", with_crafted_member, "--port", "0", timeout=120), name)
+    with pytest.raises((UserError, ValueError)) as raised:
+        load_tagger(with_crafted_member)
+    assert "\n" not in str(raised.value) and "(members/1)" in str(raised.value) and name in str(raised.value)
     with pytest.raises((UserError, ValueError)) as raised:
         load_tagger(crafted_copy)
     assert "\n" not in str(raised.value) and name in str(raised.value)
