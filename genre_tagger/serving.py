@@ -404,9 +404,14 @@ class Batcher:
 
     def _run(self, jobs):
         """One batch: every job gets its rows, or, if the batch fails, its own outcome run alone."""
-        texts = [text for job in jobs for text in job.texts]
         with self._lock:
             self._waiting -= sum(self._cost(job.texts) for job in jobs)
+        # A request cut off while queued (uvicorn's graceful timeout at shutdown) has no one to answer: skipping
+        # it keeps a queue of explanations from holding the shutdown for minutes.
+        jobs = [job for job in jobs if not job.future.cancelled()]
+        if not jobs:
+            return
+        texts = [text for job in jobs for text in job.texts]
         self.stats["batches"] += 1
         self.stats["requests"] += len(jobs)
         self.stats["descriptions"] += len(texts)

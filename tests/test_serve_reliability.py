@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, free_port, run_script
 from genre_tagger import UserError
-from genre_tagger.serving import Batcher, ServedRun, TaggingFailed, create_app
+from genre_tagger.serving import Batcher, Explainer, ServedRun, TaggingFailed, create_app
 
 MAX_TOKENS = 8  # so descriptions over 8 * 64 = 512 characters are refused
 FAIL_MARK = "MAKES-THE-MODEL-FAIL"
@@ -355,6 +355,30 @@ def test_the_batcher_outlives_any_error_and_resolves_every_request():
         return rows
 
     assert asyncio.run(scenario()).shape == (1, 2)
+
+
+def test_a_queued_request_cut_off_before_it_ran_is_never_run():
+    tagger = FakeTagger()
+    held = HeldExplanations(tagger)
+
+    async def scenario():
+        explainer = Explainer(tagger, max_waiting=4)
+        explainer.start()
+        settings = {"thresholds": 0.1, "labels": ["Action", "Drama"], "top_k": None, "min_genres": 0}
+        running = asyncio.create_task(explainer.probabilities(["Being explained."], explain=settings))
+        while not held.entered.is_set():
+            await asyncio.sleep(0.01)
+        cut_off = asyncio.create_task(explainer.probabilities(["Cut off while queued."], explain=settings))
+        await asyncio.sleep(0)  # queued
+        cut_off.cancel()
+        held.released.set()
+        rows, explanations = await asyncio.wait_for(running, 30)
+        explainer.stop()
+        return explainer.waiting, explainer.stats["requests"], explanations
+
+    waiting, requests, explanations = asyncio.run(scenario())
+    assert (waiting, requests) == (0, 1) and len(explanations) == 1
+    assert not any("Cut off while queued." in text for batch in tagger.batches for text in batch)
 
 
 # %% Hypothesis: arbitrary bodies never get a 5xx
