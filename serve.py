@@ -12,8 +12,10 @@ Like predict.py's default, it runs on the run's ONNX export (onnxruntime + token
 torch. Concurrent requests are gathered for up to --batch-wait-ms into one forward pass of up to
 --max-batch descriptions (--max-batch 1 turns that off). One request can only fail itself: text the
 model cannot take is refused with a 4xx naming the description, and a batch that fails anyway is run
-again request by request. SIGTERM or Ctrl+C lets in-flight requests finish (at most --graceful-timeout-s),
-then exits and says whether any were cut off.
+again request by request. Explanations ("explain": true) run on a worker of their own, so plain tagging
+never waits behind them. A client whose headers or body stall past --header-timeout-s or --body-timeout-s
+gets 408 and its connection closed. SIGTERM or Ctrl+C lets in-flight requests finish (at most
+--graceful-timeout-s), then exits and says whether any were cut off.
 """
 
 import logging
