@@ -828,7 +828,6 @@ def create_app(
         redoc_url=None,
     )
     app.state.batcher = batcher
-    app.state.explainer = explainer
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request, exc):
