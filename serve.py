@@ -154,7 +154,8 @@ def main(argv=None):
     try:
         import uvicorn
 
-        from genre_tagger.serving import create_app, header_deadline_protocol, load_served_run
+        from genre_tagger.deadlines import header_deadline_protocol
+        from genre_tagger.serving import create_app, load_served_run
     except ImportError as err:
         raise UserError(f"serve.py needs {err.name}: pip install -r requirements-serve.txt") from None
 
