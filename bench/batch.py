@@ -6,8 +6,11 @@ Writes --rows real descriptions (the dataset's, repeated, each with its own id) 
 fresh processes: `predict.py --input rows.csv --output x.parquet --threads T` (T = all cores), and
 `python -m genre_tagger.batch` on a local Ray with 1 and with 2 single-thread workers. For each it prints
 wall seconds and rows/s; for the batch tool also Ray's start-up (ray.init to a usable cluster) and the
-seconds the shards took inside the actors (summary.json). Then (unless --no-kill) it kills a batch job
-after its first shards are written, reruns it and counts output rows against input rows.
+seconds the shards took inside the actors (summary.json). Then (unless --no-cluster) it starts a Ray
+cluster on this machine (`ray start --head`, as docs/BATCH.md deploys one) and runs 2 workers against it
+with --address twice: the first job on a new cluster also installs the code on it; the second is what
+each later job costs. Then (unless --no-kill) it kills a batch job after its first shards are written,
+reruns it and counts output rows against input rows.
 """
 
 import argparse
@@ -39,12 +42,35 @@ def write_rows(path, rows, data):
             writer.writerow([i, texts[i % len(texts)]])
 
 
-def batch_command(model, rows_csv, output, workers, rows_per_shard):
+def batch_command(model, rows_csv, output, workers, rows_per_shard, address=None):
     return [
         sys.executable, "-m", "genre_tagger.batch", "--model", model, "--input", rows_csv, "--output", output,
         "--id-column", "id", "--workers", str(workers), "--threads-per-worker", "1",
-        "--rows-per-shard", str(rows_per_shard),
+        "--rows-per-shard", str(rows_per_shard), *(["--address", address] if address else []),
     ]  # fmt: skip
+
+
+def measure_batch(what, command, output, rows, baseline):
+    wall, _, _ = run_measured(command)
+    summary = json.loads(Path(output, "summary.json").read_text())
+    print(
+        f"{what}: {wall:.1f} s, {rows / wall:.0f} rows/s ({rows / wall / baseline:.2f}x predict.py); "
+        f"Ray start-up {summary['ray_start_seconds']:.1f} s, shards {summary['shard_seconds']:.1f} s of actor time"
+    )
+
+
+def running_cluster(work, cores):
+    """`ray start --head` on this machine, in its own temp dir, on a free port: the cluster's address."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    start = [*ray_cli, "start", "--head", "--port", str(port), "--num-cpus", str(cores), "--include-dashboard=false",
+             "--disable-usage-stats", "--temp-dir", os.path.join(work, "ray")]  # fmt: skip
+    subprocess.run(start, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return f"127.0.0.1:{port}", [*ray_cli, "stop"]
 
 
 def kill_and_resume(model, rows_csv, output, rows, rows_per_shard):
@@ -71,6 +97,7 @@ def main():
     p.add_argument(
         "--rows-per-shard", type=int, default=2_000, help="the batch tool's shard size (default: %(default)s)"
     )
+    p.add_argument("--no-cluster", action="store_true", help="skip the jobs on a running `ray start --head` cluster")
     p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume check")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -87,13 +114,19 @@ def main():
         print(f"predict.py --input, {cores} threads: {wall:.1f} s, {baseline:.0f} rows/s, peak RSS {rss:.0f} MiB")
         for workers in (1, 2):
             output = os.path.join(work, f"batch-{workers}")
-            wall, _, _ = run_measured(batch_command(args.model, rows_csv, output, workers, args.rows_per_shard))
-            summary = json.loads(Path(output, "summary.json").read_text())
-            print(
-                f"genre_tagger.batch, {workers} single-thread worker(s): {wall:.1f} s, {args.rows / wall:.0f} rows/s "
-                f"({args.rows / wall / baseline:.2f}x predict.py); Ray start-up {summary['ray_start_seconds']:.1f} s, "
-                f"shards {summary['shard_seconds']:.1f} s of actor time"
-            )
+            command = batch_command(args.model, rows_csv, output, workers, args.rows_per_shard)
+            what = f"genre_tagger.batch, a Ray started by the job, {workers} single-thread worker(s)"
+            measure_batch(what, command, output, args.rows, baseline)
+        if not args.no_cluster:
+            address, stop = running_cluster(work, cores)
+            try:
+                for job in ("first", "second"):
+                    output = os.path.join(work, f"cluster-{job}")
+                    command = batch_command(args.model, rows_csv, output, 2, args.rows_per_shard, address)
+                    what = f"genre_tagger.batch --address (a running cluster), {job} job, 2 single-thread workers"
+                    measure_batch(what, command, output, args.rows, baseline)
+            finally:
+                subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not args.no_kill:
             done, written, distinct = kill_and_resume(
                 args.model, rows_csv, os.path.join(work, "killed"), args.rows, args.rows_per_shard

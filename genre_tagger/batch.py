@@ -469,13 +469,21 @@ def start_ray(address, threads):
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # A Ray started here runs its workers from this environment: they import genre_tagger from where the
+        # driver does. Shipping it as py_modules would cost every actor a fresh worker process (seconds each).
+        package_root = str(Path(genre_tagger.__file__).resolve().parents[1])
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        runtime_env = None
+    else:
+        runtime_env = {"py_modules": [genre_tagger]}
     try:
         ray.init(
             address=address,
             include_dashboard=False,
             logging_level=logging.ERROR,
             log_to_driver=False,
-            runtime_env={"py_modules": [genre_tagger]},
+            runtime_env=runtime_env,
         )
     except Exception as err:  # noqa: BLE001 - ray.init raises many types (connection, version, resources)
         raise UserError(f"cannot reach a Ray cluster at {address or 'this machine'} ({first_line(err, 160)})") from None

@@ -187,6 +187,33 @@ def test_refusals_that_need_the_run(tmp_path, trained):
     assert not (tmp_path / "o").exists()
 
 
+# %% A job that starts its own Ray on this machine
+
+
+def test_a_job_without_an_address_starts_its_own_ray_and_gives_predict_pys_answers(tmp_path, trained, imdb_csv):
+    import pandas as pd
+
+    pytest.importorskip("ray")
+    data = tmp_path / "rows.csv"
+    pd.read_csv(imdb_csv).head(60).to_csv(data, index=False)
+    out = tmp_path / "tagged"
+    # The driver imports genre_tagger from a path that only its own sys.path names (a notebook's, say): the
+    # workers of the Ray it starts must import the same code.
+    argv = ["--model", str(trained["output"]), "--input", str(data), "--output", str(out), "--id-column", "Rank",
+            "--rows-per-shard", "20", "--workers", "2"]  # fmt: skip
+    driver = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from genre_tagger.batch import main; main({argv!r})"
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+    result = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tagged = read_shards(out)
+    expected = predict_parquet(trained["output"], data, tmp_path / "predict.parquet")
+    expected["id"] = pd.read_csv(data)["Rank"].astype(str)
+    joined = tagged.merge(expected, on="id", suffixes=("", "_predict"))
+    assert len(joined) == len(tagged) == 60
+    assert all(list(a) == list(b) for a, b in zip(joined["genres"], joined["genres_predict"]))
+    assert json.loads((out / "summary.json").read_text())["workers"] == 2
+
+
 # %% On a two-node Ray cluster (ray.cluster_utils.Cluster: two raylets on this machine)
 
 
