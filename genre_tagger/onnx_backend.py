@@ -2,6 +2,7 @@
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -53,13 +54,24 @@ def unknown_token_shares(tokenizer, texts):
     return np.array(shares)
 
 
+def _identity(path):
+    """What tells a file from one written over it or renamed onto its name; None once it is gone."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class OnnxTagger:
     """Probabilities per genre for a list of texts, from an ONNX graph and a tokenizer.
 
     `OnnxTagger.from_run(run)` is the usual way in: the graph onnx.json names, hashed against the manifest.
     """
 
-    def __init__(self, model_path, tokenizer, labels, origin, variant="fp32", threads=0, spinning=True):
+    def __init__(
+        self, model_path, tokenizer, labels, origin, variant="fp32", threads=0, spinning=True, file_outlives_us=False
+    ):
         self.variant, self.labels, self.origin = variant, labels, origin
         self.model_path, self.model_file = model_path, model_path.name
         # `threads` single-thread sessions, each running whole batches, side by side: on 2 cores this tags
@@ -69,12 +81,20 @@ class OnnxTagger:
         self.workers = threads or len(os.sched_getaffinity(0))
         self._growing = threading.Lock()
         self.spinning = spinning
-        try:  # kept for the later sessions: a zip's extracted file is gone once the run is closed
-            self._model_bytes = model_path.read_bytes()
-        except OSError as err:
-            raise UserError(f"{origin}: {model_path.name} cannot be read ({err.strerror}); re-create the run") from None
+        # The later sessions are built from the file where it stays (a run folder); from its bytes, read now,
+        # where it does not (a zip's extracted copy is gone once the run is closed). Bytes held until then
+        # double the model's memory, so only the second case pays for them.
+        if file_outlives_us:
+            self._model_source, self._model_stat = str(model_path), _identity(model_path)
+        else:
+            try:
+                self._model_source = model_path.read_bytes()
+            except OSError as err:
+                raise UserError(
+                    f"{origin}: {model_path.name} cannot be read ({err.strerror}); re-create the run"
+                ) from None
         self.sessions = [self._session()]
-        self._drop_bytes_when_built()
+        self._drop_source_when_built()
         inputs = sorted(i.name for i in self.sessions[0].get_inputs())
         outputs = self.sessions[0].get_outputs()
         width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
@@ -95,12 +115,18 @@ class OnnxTagger:
     def session(self):
         return self.sessions[0]
 
-    def _drop_bytes_when_built(self):
+    def _drop_source_when_built(self):
         if len(self.sessions) >= self.workers:
-            self._model_bytes = None
+            self._model_source = None
 
     def _session(self):
         import onnxruntime
+
+        if isinstance(self._model_source, str) and _identity(Path(self._model_source)) != self._model_stat:
+            raise UserError(
+                f"{self.origin}: {self.model_file} changed while it was in use (was the run rewritten?); "
+                "start again to use the new run"
+            )
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
@@ -109,7 +135,7 @@ class OnnxTagger:
         if not self.spinning:  # idle threads sleep instead of busy-waiting: better where the cores are shared
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = onnxruntime.InferenceSession(self._model_bytes, options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(self._model_source, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
             raise UserError(
                 f"{self.origin}: {self.model_file} cannot be loaded ({first_line(err, 200)}); "
@@ -121,7 +147,8 @@ class OnnxTagger:
     def from_run(cls, run, variant=None, threads=0, spinning=True):
         variant, model_file = run.onnx_file(variant)
         path = run.verified_path(model_file)
-        return cls(path, run_tokenizer(run), run.labels, run.origin, variant, threads, spinning)
+        tokenizer = run_tokenizer(run)
+        return cls(path, tokenizer, run.labels, run.origin, variant, threads, spinning, not run.removed_on_close)
 
     def unknown_token_shares(self, texts):
         return unknown_token_shares(self.tokenizer, texts)
@@ -142,10 +169,10 @@ class OnnxTagger:
             for batch in batches:
                 outputs[batch] = self._run(self.sessions[0], encodings, lengths, batch)
             return outputs
-        with self._growing:  # serve.py tags and explains on two threads: the bytes must outlast every build
+        with self._growing:  # serve.py tags and explains on two threads: the source must outlast every build
             while len(self.sessions) < workers:
                 self.sessions.append(self._session())
-            self._drop_bytes_when_built()
+            self._drop_source_when_built()
         self._run_side_by_side(self.sessions[:workers], encodings, lengths, batches, outputs)
         return outputs
 

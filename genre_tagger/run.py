@@ -391,11 +391,13 @@ class Run:
 
     Fields: folder, origin (what the user named), verified (it had a manifest and matched it), labels,
     config, thresholds (thresholds.json), train_config, onnx (onnx.json or None), max_length (tokens the
-    model reads), members ([(Run, weight)] for an ensemble, else []).
+    model reads), members ([(Run, weight)] for an ensemble, else []), removed_on_close (the folder is a
+    zip's extracted copy: what reads its files after close must have read them before).
     """
 
-    def __init__(self, files, origin, temporary=None, rewritten=(), member=False):
+    def __init__(self, files, origin, temporary=None, rewritten=(), member=False, removed_on_close=False):
         self._files, self.folder, self.origin, self._temporary = files, files.root, origin, temporary
+        self.removed_on_close = removed_on_close or temporary is not None
         self.verified = files.listed is not None
         self.is_ensemble = (files.root / ENSEMBLE_FILE).is_file()
         # An ensemble's member carries only what predicting on its ONNX export needs (no weights).
@@ -530,7 +532,7 @@ class Run:
             files = self._files.within(where, origin)
             if files.listed is None:
                 raise UserError(f"{origin} has no manifest.json; re-create the ensemble with {ENSEMBLE_TOOL}")
-            run = Run(files, origin, member=True)
+            run = Run(files, origin, member=True, removed_on_close=self.removed_on_close)
             if run.labels != self.labels:
                 raise UserError(f"{origin} tags other genres than the ensemble; re-create the ensemble")
             if run.onnx is None:

@@ -16,8 +16,8 @@ import zipfile
 import pytest
 
 from conftest import one_line_error, run_script
+from genre_tagger import UserError, save
 from genre_tagger import run as runs
-from genre_tagger import save
 
 PLOT = "A retired hitman seeks revenge on the gangsters who killed his dog."
 
@@ -428,3 +428,28 @@ def test_train_removes_leftovers_of_an_interrupted_save_and_nothing_it_did_not_c
     assert "removed 2 half-written leftover(s)" in result.stdout
     assert not staging.exists() and not partial_zip.exists()
     assert (look_alike / "notes.txt").read_text() == "mine"
+
+
+def test_later_onnx_sessions_load_the_model_that_was_verified(trained, run_copy):
+    """A second session is built on the first call with several batches: from a zip's bytes (its extracted
+    copy is gone by then), or from a folder's file, which must still be the one verified at open."""
+    import numpy as np
+
+    from genre_tagger.run import Run
+    from genre_tagger.tagger import open_tagger
+
+    texts = [f"A detective hunts a killer through the city, night {i}." for i in range(40)]
+    with Run.open(run_copy) as run:
+        alone = open_tagger(run, "onnx", "int8", 1).probabilities(texts, 4)
+    with Run.open(trained["zip"]) as run:
+        from_zip = open_tagger(run, "onnx", "int8", 2)
+    assert np.array_equal(from_zip.probabilities(texts, 4), alone) and len(from_zip.sessions) == 2
+    with Run.open(run_copy) as run:
+        from_folder = open_tagger(run, "onnx", "int8", 2)
+        model = run_copy / "model.int8.onnx"
+        replacement = run_copy / "replacement.onnx"
+        replacement.write_bytes((run_copy / "model.onnx").read_bytes())
+        replacement.replace(model)  # a run rewritten in place while a server uses it
+        with pytest.raises(UserError, match="changed while it was in use") as raised:
+            from_folder.probabilities(texts, 4)
+    assert "\n" not in str(raised.value)
