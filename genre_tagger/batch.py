@@ -25,7 +25,7 @@ from pathlib import Path
 from genre_tagger import UserError
 from genre_tagger.cli import ArgumentParser, run_main
 from genre_tagger.common import first_line, note, printable, umask_mode
-from genre_tagger.settings import MAX_PREDICT_BATCH, bounded_int
+from genre_tagger.settings import MAX_PREDICT_BATCH, bounded_int, genre_count_problem
 
 JOB_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
@@ -103,12 +103,6 @@ def build_parser():
         "count it in summary.json (default: %(default)s)",
     )
     return p
-
-
-def settings_problem(args):
-    if args.max_genres is not None and args.min_genres > args.max_genres:
-        return f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})"
-    return None
 
 
 # %% Inputs: files, formats and shards
@@ -499,7 +493,7 @@ def start_ray(address, threads):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if problem := settings_problem(args):
+    if problem := genre_count_problem(args):
         raise UserError(problem)
     from genre_tagger.run import Run, parse_threshold
     from genre_tagger.textio import description_limit

@@ -402,9 +402,12 @@ def predict_settings_problem(args):
             (not (args.descriptions and args.input), "give descriptions or --input, not both"),
             (not args.output or bool(args.input), "--output goes with --input"),
             (args.input_format == "auto" or bool(args.input), "--input-format goes with --input"),
-            (
-                args.max_genres is None or args.min_genres <= args.max_genres,
-                f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})",
-            ),
         ]
-    )
+    ) or genre_count_problem(args)
+
+
+def genre_count_problem(args):
+    """--min-genres above --max-genres (predict.py's and the batch tool's), or None."""
+    if args.max_genres is not None and args.min_genres > args.max_genres:
+        return f"--min-genres ({args.min_genres}) must not exceed --max-genres ({args.max_genres})"
+    return None
