@@ -57,6 +57,11 @@ class StoreUnavailable(UserError):
     """The database could not be reached or stayed locked past BUSY_TIMEOUT_MS (HTTP 503: retry)."""
 
 
+class StoreGone(UserError):
+    """The SQLite file the store was opened from was deleted or replaced since (HTTP 410): writing on would write
+    into a file no one can open again."""
+
+
 class NotFound(UserError):
     """No title with this id in the store (HTTP 404)."""
 
@@ -183,6 +188,8 @@ def database_url(target, create=True):
         raise UserError(f"--db {target} is a folder; give a file name such as review.sqlite")
     if not path.resolve().parent.is_dir():
         raise UserError(f"--db {target}: folder {path.resolve().parent} does not exist; create it first")
+    if not create and not path.stat().st_size:
+        raise UserError(f"--db {target} is empty; import titles into it first (python -m genre_tagger.review import)")
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
@@ -196,7 +203,7 @@ def _engine(url):
 
     try:
         engine = create_engine(url)
-    except (ArgumentError, NoSuchModuleError) as err:
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:  # ValueError: a port that is not a number
         raise UserError(f"--db {url.split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})") from None
     except ImportError as err:
         raise UserError(f"--db needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
@@ -238,6 +245,9 @@ class ReviewStore:
 
         self.engine, self.url = engine, url
         self.tables = _tables(MetaData()).tables
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.file = None if database in (None, "", ":memory:") else Path(database)
+        self.file_identity = None  # (device, inode) once prepared: the file every later transaction must still be
 
     @classmethod
     def open(cls, target, create=True):
@@ -248,6 +258,8 @@ class ReviewStore:
         store = cls(_engine(url), url)
         try:
             store._prepare()
+            if store.file is not None:
+                store.file_identity = store._identity()
         except SQLAlchemyError as err:
             store.close()
             raise _database_error(err, url) from None
@@ -274,6 +286,11 @@ class ReviewStore:
         """
         from sqlalchemy.exc import SQLAlchemyError
 
+        if self.file_identity is not None and self._identity() != self.file_identity:
+            raise StoreGone(
+                f"the review store {self.file} was deleted or replaced after it was opened; nothing was recorded "
+                "(restart with the store's file back in place, or a new --review file)"
+            )
         try:
             with self.engine.connect() as connection:
                 connection.execution_options(review_write=write)
@@ -281,6 +298,13 @@ class ReviewStore:
                     yield connection
         except SQLAlchemyError as err:  # locked past the busy timeout, unreachable, out of connections
             raise _database_error(err, self.url) from None
+
+    def _identity(self):
+        try:
+            found = os.stat(self.file)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
 
     def _prepare(self):
         from sqlalchemy import inspect
@@ -302,6 +326,11 @@ class ReviewStore:
                         f"{self.shown} is a review store of schema version {version}, newer than this genre-tagger "
                         f"reads ({SCHEMA_VERSION}); upgrade genre-tagger"
                     )
+                if missing := {"runs", "items", "decisions"} - names:
+                    raise UserError(
+                        f"{self.shown} has a review_meta table but no {', '.join(sorted(missing))} table; it is "
+                        "damaged or not a review store"
+                    )
                 while version < SCHEMA_VERSION:
                     UPGRADES[version](connection)
                     version += 1
@@ -319,7 +348,7 @@ class ReviewStore:
 
         meta = self.tables["review_meta"]
         value = connection.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
-        if value is None or not str(value).isdigit():
+        if value is None or not (str(value).isascii() and str(value).isdigit()) or int(value) < 1:
             raise UserError(f"{self.shown} has no valid schema version ({printable(str(value))}); it is damaged")
         return int(value)
 
@@ -646,6 +675,8 @@ def read_audit_scores(path):
     for number, row, score in zip(frame.attrs["source_rows"], frame["row"], frame["label_quality"]):
         where = f"--audit {path}, line {number}"
         key = str(rows.parse(row, f"{where}: 'row'"))  # the id import gives a title imported without --id-column
+        if key in scores:
+            raise UserError(f"{where} repeats row {key}; give the CSV genre_tagger.audit wrote (one line per row)")
         scores[key] = qualities.parse(score, f"{where}: 'label_quality'")
     return scores
 
@@ -695,37 +726,23 @@ def _records(path, fmt, columns):
 
 def _parquet_records(path, columns):
     """Yield (record number, {column: value}) from a Parquet file, IMPORT_CHUNK_ROWS rows at a time (pyarrow)."""
-    try:
-        import pyarrow.parquet as pq
-        from pyarrow import ArrowException
-    except ImportError:
-        raise UserError(
-            "reading Parquet needs pyarrow: pip install -r requirements-dev.txt (or pip install pyarrow)"
-        ) from None
-    try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        for name, flag in columns:
-            if name is not None and name not in names and flag is not None:
-                found = ", ".join(printable(h) for h in names) or "none"
-                raise UserError(f"{path} has no column {printable(name)!r} (columns: {found}); choose it with {flag}")
-        wanted = [name for name, _ in columns if name is not None and name in names]
-        number = 0
-        for batch in parquet.iter_batches(batch_size=IMPORT_CHUNK_ROWS, columns=wanted):
-            for record in batch.to_pylist():
-                number += 1
-                yield number, record
-    except (ArrowException, OSError) as err:
-        raise UserError(f"{path} could not be read as Parquet ({first_line(err)})") from None
+    from genre_tagger.textio import open_parquet, parquet_batches, parquet_columns
+
+    parquet = open_parquet(path)
+    wanted = parquet_columns(parquet, path, columns)
+    for start, values in parquet_batches(parquet, path, wanted, IMPORT_CHUNK_ROWS):
+        for i, row in enumerate(zip(*(values[name] for name in wanted))):
+            yield start + i, dict(zip(wanted, row))
 
 
-def _field(record, name, number, path, required=True):
-    """A text field of one input record, or None when absent (and not required)."""
+def _field(record, name, number, path, required=True, kind="text"):
+    """A text field of one input record, or None when absent (and not required). A whole number is taken as its
+    digits (a JSON id such as 7, a title such as 1917), except as a "description"; "labels" takes a list of names."""
     value = record.get(name) if name is not None else None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if kind == "labels" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DB_ID:
-        value = str(value)  # a JSON id such as 7
+    if kind != "description" and isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DB_ID:
+        value = str(value)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise UserError(f"{path}: row {number} has no {printable(name)!r}; fill it or delete the row")
@@ -749,7 +766,7 @@ def read_titles(path, args, max_chars):
     columns += [(args.title_column, None), (args.label_column, None)]
     seen, chunk, rows = set(), [], 0
     for number, record in _records(path, fmt, columns):
-        text = clean_text(_field(record, args.text_column, number, path)[: max_chars * 2])
+        text = clean_text(_field(record, args.text_column, number, path, kind="description")[: max_chars * 2])
         if not text:
             raise UserError(f"{path}: row {number} has an empty description; fill or delete it")
         key = _field(record, args.id_column, number, path) if args.id_column else str(number)
@@ -759,7 +776,7 @@ def read_titles(path, args, max_chars):
             raise UserError(f"{path}: row {number} repeats the id {printable(key)!r}; ids must be unique")
         seen.add(key)
         title = _field(record, args.title_column, number, path, required=False)
-        given = _field(record, args.label_column, number, path, required=False)
+        given = _field(record, args.label_column, number, path, required=False, kind="labels")
         chunk.append(
             {
                 "key": key,
