@@ -24,6 +24,7 @@ the label audit's suspects; for titles imported with their genres), `import` by 
 """
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -60,6 +61,10 @@ class StoreUnavailable(UserError):
 class StoreGone(UserError):
     """The SQLite file the store was opened from was deleted or replaced since (HTTP 410): writing on would write
     into a file no one can open again."""
+
+
+class StoreDamaged(UserError):
+    """A row of the store holds what this code never writes there (edited or corrupted by hand)."""
 
 
 class NotFound(UserError):
@@ -408,22 +413,35 @@ class ReviewStore:
         from sqlalchemy import select
 
         runs, decisions = self.tables["runs"], self.tables["decisions"]
-        run = connection.execute(select(runs).where(runs.c.id == row.run_id)).one()
-        labels, thresholds = json.loads(run.labels), json.loads(run.thresholds)
-        probabilities, suggested = json.loads(row.probabilities), json.loads(row.suggested)
+        run = connection.execute(select(runs).where(runs.c.id == row.run_id)).first()
+        where = f"title {row.id}"
+        if run is None:
+            raise StoreDamaged(
+                f"{where} names run {row.run_id}, which is not in the review store; the store is damaged"
+            )
+        labels = stored_list(run.labels, "names", f"{where}'s run labels")
+        thresholds = stored_list(run.thresholds, "numbers", f"{where}'s run thresholds", len(labels))
+        probabilities = stored_list(row.probabilities, "numbers", f"{where}'s probabilities", len(labels))
+        suggested = stored_list(row.suggested, "names", f"{where}'s suggestion")
+        for name, value in (("uncertainty", row.uncertainty), ("label_quality", row.label_quality)):
+            if value is not None and not _finite(value):
+                raise StoreDamaged(f"{where}'s {name} is not a finite number; the store is damaged")
         order = sorted(range(len(labels)), key=lambda j: (labels[j] not in suggested, -probabilities[j]))
         candidates = order[: max(CANDIDATES, len(suggested))]
         current = None
         if row.current_id is not None:
-            current = _decision_record(
-                connection.execute(select(decisions).where(decisions.c.id == row.current_id)).one()
-            )
+            standing = connection.execute(select(decisions).where(decisions.c.id == row.current_id)).first()
+            if standing is None:
+                raise StoreDamaged(
+                    f"{where} names decision {row.current_id}, not in the review store; the store is damaged"
+                )
+            current = _decision_record(standing)
         return {
             "id": row.id,
             "key": row.key,
             "title": row.title,
             "description": row.description,
-            "given": None if row.given is None else json.loads(row.given),
+            "given": None if row.given is None else stored_list(row.given, "names", f"{where}'s given genres"),
             "suggested": suggested,
             "candidates": [
                 {
@@ -541,9 +559,9 @@ class ReviewStore:
             values.update(run_id=row.run_id, replaces=row.current_id, request_id=request_id)
             stands = None
             if action == "accept":
-                labels = json.loads(connection.execute(select(self.tables["runs"].c.labels).where(
-                    self.tables["runs"].c.id == row.run_id)).scalar())  # fmt: skip
-                suggested = json.loads(row.suggested)
+                labels = stored_list(connection.execute(select(self.tables["runs"].c.labels).where(
+                    self.tables["runs"].c.id == row.run_id)).scalar(), "names", f"title {item_id}'s run labels")  # fmt: skip
+                suggested = stored_list(row.suggested, "names", f"title {item_id}'s suggestion")
                 decided = suggested if genres is None else _checked_genres(genres, labels)
                 values.update(
                     genres=json.dumps(decided),
@@ -610,9 +628,30 @@ class ReviewStore:
             yield from connection.execution_options(yield_per=IMPORT_CHUNK_ROWS).execute(query)
 
 
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def stored_list(text, kind, what, length=None):
+    """A JSON list this code wrote into the store: of "names" (text) or "numbers" (finite), `length` long if given;
+    anything else is StoreDamaged, never a crash (or a NaN that no JSON answer can carry)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+
+    def fits(item):
+        return isinstance(item, str) if kind == "names" else _finite(item)
+
+    if not isinstance(value, list) or not all(fits(v) for v in value) or length not in (None, len(value)):
+        shape = kind if length is None else f"{length} {kind}"
+        raise StoreDamaged(f"{what} in the review store is not a list of {shape}; the store is damaged")
+    return value
+
+
 def _decision_record(row):
     def listed(value):
-        return None if value is None else json.loads(value)
+        return None if value is None else stored_list(value, "names", f"decision {row.id}'s genres")
 
     return {
         "id": row.id,
@@ -890,19 +929,24 @@ def export_reviewed(args):
                     header = ["row", "genres", "suggested", "given", "reviewer", "decided_at", "decision"]
                 else:
                     header = ["id", "Title", args.text_column, args.label_column, "reviewer", "decided_at", "decision"]
-                writer.writerow(header)
+                writer.writerow([spreadsheet_safe(cell) for cell in header])
                 for row in store.reviewed():
-                    decided = ",".join(json.loads(row.decided))
+                    decided = ",".join(stored_list(row.decided, "names", f"decision {row.decision_id}'s genres"))
                     if not decided:
                         continue  # a title reviewed as having none of the genres: nothing to train on
-                    given = "" if row.given is None else ",".join(json.loads(row.given))
+                    given = (
+                        ""
+                        if row.given is None
+                        else ",".join(stored_list(row.given, "names", f"title {row.id}'s given genres"))
+                    )
                     if args.format == "relabel":
                         if not (row.key.isascii() and row.key.isdigit()):
                             raise UserError(
                                 f"title {row.id} has the id {printable(row.key)!r}, not a row number of a --data "
                                 "CSV; --relabel needs titles imported without --id-column (or use --format labelled)"
                             )
-                        cells = [row.key, decided, ",".join(json.loads(row.suggested)), given]
+                        suggested = stored_list(row.suggested, "names", f"title {row.id}'s suggestion")
+                        cells = [row.key, decided, ",".join(suggested), given]
                     else:
                         cells = [row.key, row.title or "", row.description, decided]
                     cells += [row.reviewer, row.decided_at, row.decision_id]
