@@ -394,6 +394,17 @@ def test_exported_cells_are_spreadsheet_safe_and_read_back_exactly(tmp_path, fmt
         assert [from_spreadsheet_safe(row[1]) for row in rows[1:]] == HOSTILE_TEXTS
 
 
+def test_export_column_names_that_start_like_formulas_are_made_safe_too(tmp_path):
+    db = tmp_path / "review.sqlite"
+    hostile_store(db).close()
+    out = tmp_path / "out.csv"
+    args = ["--format", "labelled", "--text-column", "=cmd|' /C calc'!A0", "--label-column", "@SUM(A1)"]
+    assert review("export", "--db", db, "--output", out, *args).returncode == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle))
+    assert header[2:4] == ["'=cmd|' /C calc'!A0", "'@SUM(A1)"]
+
+
 def test_export_never_replaces_a_file_the_db_or_writes_into_a_folder(tmp_path):
     db = tmp_path / "review.sqlite"
     hostile_store(db).close()
@@ -461,6 +472,23 @@ def test_hostile_ids_and_queries_get_a_4xx_json_or_an_answer(served, path):
     else:
         assert 400 <= response.status_code < 500, response.text
         assert response.json()["error"]
+
+
+QUERY_TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from(list("0123456789,-+ %&=#")), max_size=40)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(item_id=QUERY_TEXT, strategy=QUERY_TEXT | st.sampled_from(["uncertain", "audit", "import"]), exclude=QUERY_TEXT)
+def test_any_id_or_query_string_is_answered_or_refused_in_json(served, item_id, strategy, exclude):
+    from urllib.parse import quote
+
+    client, _, _ = served
+    for response in (
+        client.get(f"/v1/review/{quote(item_id, safe='')}"),
+        client.get("/v1/review/next", params={"strategy": strategy, "exclude": exclude}),
+    ):
+        assert response.status_code in (200, 404, 422), response.text
+        assert response.json()
 
 
 HOSTILE_POSTS = [
@@ -539,6 +567,43 @@ def test_a_store_deleted_or_replaced_while_serving_is_a_410_and_never_written(se
     if path.exists():  # the file put in its place is not written to
         with ReviewStore.open(path) as other:
             assert other.decisions() == [] and other.progress()["titles"] == 1
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE items SET probabilities = 'nope'",
+        "UPDATE items SET probabilities = '[1e999, \"x\", null]'",
+        "UPDATE items SET suggested = '5'",
+        "UPDATE items SET given = '[1'",
+        "UPDATE items SET uncertainty = 'high'",
+        "UPDATE items SET run_id = 99",
+        "UPDATE items SET current_id = 99 WHERE id = 1",
+        "UPDATE runs SET thresholds = '[0.1]'",
+        "UPDATE runs SET labels = '{}'",
+    ],
+)
+def test_a_store_edited_by_hand_is_a_4xx_json_and_an_export_one_line(served, statement):
+    client, store, path = served
+    store.decide(1, "accept", "ann")
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TRIGGER decisions_no_update")
+        connection.execute(statement)
+    shown = client.get("/v1/review/1")
+    assert 400 <= shown.status_code < 500 and "the store is damaged" in shown.json()["error"], shown.text
+    for response in (
+        client.get("/v1/review/next"),
+        client.post("/v1/review/2", json={"reviewer": "ann", "action": "accept"}),
+    ):
+        assert response.status_code < 500, response.text
+        assert response.status_code == 200 or "the store is damaged" in response.json()["error"]
+    if response.status_code != 200:  # the refused decision left nothing
+        assert [d["item_id"] for d in store.decisions()] == [1]
+    out = path.with_name("out.csv")
+    result = review("export", "--db", path, "--output", out, "--format", "relabel")
+    if result.returncode:
+        one_line_error(result, "the store is damaged")
+        assert not out.exists()
 
 
 def test_the_page_renders_data_as_text_never_as_html(served):
