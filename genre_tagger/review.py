@@ -209,7 +209,7 @@ def _engine(url):
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as err:  # ValueError: a port that is not a number
-        raise UserError(f"--db {url.split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})") from None
+        raise UserError(f"--db {str(url).split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})") from None
     except ImportError as err:
         raise UserError(f"--db needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
     if engine.dialect.name == "sqlite":
@@ -257,10 +257,13 @@ class ReviewStore:
     @classmethod
     def open(cls, target, create=True):
         """The store at `target` (a SQLite path or a SQLAlchemy URL); a missing SQLite file is created if `create`."""
+        from sqlalchemy.engine import URL
         from sqlalchemy.exc import SQLAlchemyError
 
         url = database_url(target, create)
-        store = cls(_engine(url), url)
+        # A path goes in as the database itself: parsed as a URL, 'a?b.sqlite' would open 'a', 'x%41' 'xA'.
+        path = url.removeprefix("sqlite:///") if "://" not in str(target) else None
+        store = cls(_engine(url if path is None else URL.create("sqlite", database=path)), url)
         try:
             store._prepare()
             if store.file is not None:

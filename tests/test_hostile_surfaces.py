@@ -153,6 +153,17 @@ def test_a_db_path_with_odd_characters_is_named_printably(tmp_path, name):
     assert "\u202e" not in line and "\t" not in line
 
 
+@pytest.mark.parametrize("name", ["x?y.sqlite", "x%41.sqlite", "x#y.sqlite", "a b@c.sqlite", "é:ü.sqlite"])
+def test_a_db_path_that_looks_like_a_url_is_that_file_and_no_other(tmp_path, name):
+    filled_store(tmp_path / name, 3).close()
+    other = tmp_path / "xA.sqlite"  # what 'x%41.sqlite' would mean in a URL
+    filled_store(other, 1).close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = review("status", "--db", tmp_path / name)
+    assert result.returncode == 0 and result.stdout.startswith("titles=3 "), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_device_is_not_a_db(tmp_path):
     one_line_error(review("status", "--db", "/dev/null"), "is not a regular file")
 
