@@ -3,6 +3,7 @@ predict.py's reader and writer checks, and the batch tool's refusals before Ray 
 three ways: one `error:` line and exit 2 (a UserError in process), a 4xx JSON body, or the right result; and
 nothing the user had is replaced or lost."""
 
+import contextlib
 import csv
 import decimal
 import json
@@ -615,6 +616,49 @@ def test_a_store_edited_by_hand_is_a_4xx_json_and_an_export_one_line(served, sta
     if result.returncode:
         one_line_error(result, "the store is damaged")
         assert not out.exists()
+
+
+@contextlib.contextmanager
+def read_only(*paths):
+    """`paths` made immutable (chattr +i: read-only even for root, as the suite runs in CI), then restored."""
+    done = []
+    try:
+        for path in paths:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("chattr +i is not available here")
+            done.append(path)
+        yield
+    finally:
+        for path in done:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_store_made_read_only_while_serving_keeps_every_acknowledged_decision(served):
+    client, store, path = served
+    assert client.post("/v1/review/1", json={"reviewer": "ann", "action": "skip"}).status_code == 200
+    with read_only(path):
+        for item_id in (2, 3):
+            response = client.post(f"/v1/review/{item_id}", json={"reviewer": "ann", "action": "skip"})
+            assert response.status_code < 500 and ("decision" in response.json() or response.json()["error"])
+        acknowledged = [1] + [i for i in (2, 3) if store.item(i)["decision"] is not None]
+        store.close()
+    with ReviewStore.open(path) as reopened:
+        assert [d["item_id"] for d in reopened.decisions()] == acknowledged
+
+
+def test_a_read_only_store_and_folder_are_one_line_for_every_command(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    db = folder / "review.sqlite"
+    with filled_store(db, 2) as store:
+        store.decide(1, "accept", "ann")
+    source = tmp_path / "new.csv"
+    source.write_text("Description\na heist\n")
+    with read_only(db, folder):
+        one_line_error(review("status", "--db", db), "review store")
+        one_line_error(review("export", "--db", db, "--output", tmp_path / "out.csv"), "review store")
+        one_line_error(review("export", "--db", db, "--output", folder / "out.csv"))
+    assert sorted(p.name for p in folder.iterdir()) == ["review.sqlite"] and not (tmp_path / "out.csv").exists()
 
 
 def test_the_page_renders_data_as_text_never_as_html(served):
