@@ -287,7 +287,10 @@ def check_output_folder(output, create=True):
     foreign = []
     try:
         if folder.is_dir():
-            foreign = sorted(p.name for p in folder.iterdir() if not OWN_NAME.fullmatch(p.name))
+            # A folder or a link under one of the tool's names is not its file: a shard's name alone marks it done.
+            foreign = sorted(
+                p.name for p in folder.iterdir() if not OWN_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file()
+            )
         elif not create:
             parent = next(p for p in folder.absolute().parents if p.exists())
             if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):

@@ -898,6 +898,27 @@ def test_batch_inputs_and_outputs_refused_before_any_run_or_ray(tmp_path):
     assert not (tmp_path / "o").exists() and sorted(p.name for p in foreign.iterdir()) == ["job.json.bak"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "link", "dangling link"])
+@pytest.mark.parametrize("name", ["part-00000-00000.parquet", "summary.json", "job.json"])
+def test_batch_output_entries_with_the_tools_names_that_are_not_its_files_are_foreign(tmp_path, name, kind):
+    from genre_tagger.batch import check_output_folder
+
+    output = tmp_path / "out"
+    output.mkdir()
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("keep me")
+    entry = output / name
+    if kind == "folder":
+        entry.mkdir()
+    else:
+        entry.symlink_to(elsewhere if kind == "link" else tmp_path / "nowhere")
+    for create in (False, True):
+        with pytest.raises(UserError) as caught:
+            check_output_folder(output, create=create)
+        assert f"did not write ({name})" in single_line(caught.value)
+    assert elsewhere.read_text() == "keep me" and [p.name for p in output.iterdir()] == [name]
+
+
 def _job():
     return {"format_version": 1, "written_by": "genre_tagger.batch", "run_sha256": "ab" * 32, "onnx_variant": "int8",
             "settings": {"format": "parquet"}, "inputs": [{"path": "in.csv"}], "shards": [{"rows": 1}]}  # fmt: skip
