@@ -256,12 +256,13 @@ HOSTILE_IMPORTS = [
 ]
 
 
-def import_args(fmt="auto", id_column=None):
-    return Namespace(input_format=fmt, text_column="Description", id_column=id_column, title_column="Title",
+def import_args(id_column=None):
+    return Namespace(input_format="auto", text_column="Description", id_column=id_column, title_column="Title",
                      label_column="Genre")  # fmt: skip
 
 
 def _id_column(name):
+    """The --id-column an import case is read with: its file's name says whether it is about ids."""
     return (
         "id"
         if name.startswith(("dup-ids", "no-id", "long-id", "tab-id", "huge-int", "bool-id", "decimal-id"))
@@ -284,7 +285,7 @@ def test_a_hostile_import_file_is_one_line(tmp_path, name, content, says):
 
 @pytest.mark.parametrize("name", ["far-future.parquet", "two-texts.parquet", "utf16.csv", "deep.jsonl"])
 def test_hostile_imports_through_the_cli_store_nothing(tmp_path, name):
-    content = dict((case[0], case[1]) for case in HOSTILE_IMPORTS)[name]
+    content = {case[0]: case[1] for case in HOSTILE_IMPORTS}[name]
     path = tmp_path / name
     content(path) if callable(content) else path.write_bytes(content)
     db = tmp_path / "review.sqlite"
@@ -434,6 +435,7 @@ def test_export_never_replaces_a_file_the_db_or_writes_into_a_folder(tmp_path):
         (tmp_path / "file" / "out.csv", "does not exist"),
         (db, "must end in .csv"),
         (tmp_path / "out.xlsx", "must end in .csv"),
+        (Path("/proc/out.csv"), "check the path, its permissions"),  # a folder no one can create files in
     ):
         one_line_error(review("export", "--db", db, "--output", output), says)
     assert existing.read_text() == "keep me\n" and db.read_bytes() == db_bytes
