@@ -172,46 +172,48 @@ def _upgrade_from_1(connection):
 UPGRADES = {1: _upgrade_from_1}  # version -> the step to the next, run in one transaction with the version bump
 
 
-def database_url(target, create=True):
-    """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
+def database_url(target, create=True, flag="--db"):
+    """A SQLAlchemy URL for --db (or serve.py's `flag` --review): a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
     target = str(target)
     if "://" in target:
         if create or not target.startswith("sqlite:///") or target == "sqlite:///:memory:":
             return target
         path = Path(target.removeprefix("sqlite:///").split("?")[0])
         if not path.exists():
-            raise UserError(f"--db {target}: {path} does not exist; import titles into it first")
+            raise UserError(f"{flag} {target}: {path} does not exist; import titles into it first")
         return target
     path = Path(target)
     if path.exists() and not path.is_file() and not path.is_dir():
-        raise UserError(f"--db {target} is not a regular file; give a file name such as review.sqlite")
+        raise UserError(f"{flag} {target} is not a regular file; give a file name such as review.sqlite")
     if not create and not path.exists():
         raise UserError(
-            f"--db {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
+            f"{flag} {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
         )
     if path.is_dir():
-        raise UserError(f"--db {target} is a folder; give a file name such as review.sqlite")
+        raise UserError(f"{flag} {target} is a folder; give a file name such as review.sqlite")
     if not path.resolve().parent.is_dir():
-        raise UserError(f"--db {target}: folder {path.resolve().parent} does not exist; create it first")
+        raise UserError(f"{flag} {target}: folder {path.resolve().parent} does not exist; create it first")
     if not create and not path.stat().st_size:
-        raise UserError(f"--db {target} is empty; import titles into it first (python -m genre_tagger.review import)")
+        raise UserError(f"{flag} {target} is empty; import titles into it first (python -m genre_tagger.review import)")
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
-                raise UserError(f"--db {target} is not a SQLite database; give a review store or a new file name")
+                raise UserError(f"{flag} {target} is not a SQLite database; give a review store or a new file name")
     return f"sqlite:///{path.resolve()}"
 
 
-def _engine(url):
+def _engine(url, flag="--db"):
     from sqlalchemy import create_engine, event
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
         engine = create_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as err:  # ValueError: a port that is not a number
-        raise UserError(f"--db {str(url).split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})") from None
+        raise UserError(
+            f"{flag} {str(url).split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})"
+        ) from None
     except ImportError as err:
-        raise UserError(f"--db needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
+        raise UserError(f"{flag} needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -255,15 +257,15 @@ class ReviewStore:
         self.file_identity = None  # (device, inode) once prepared: the file every later transaction must still be
 
     @classmethod
-    def open(cls, target, create=True):
+    def open(cls, target, create=True, flag="--db"):
         """The store at `target` (a SQLite path or a SQLAlchemy URL); a missing SQLite file is created if `create`."""
         from sqlalchemy.engine import URL
         from sqlalchemy.exc import SQLAlchemyError
 
-        url = database_url(target, create)
+        url = database_url(target, create, flag)
         # A path goes in as the database itself: parsed as a URL, 'a?b.sqlite' would open 'a', 'x%41' 'xA'.
         path = url.removeprefix("sqlite:///") if "://" not in str(target) else None
-        store = cls(_engine(url if path is None else URL.create("sqlite", database=path)), url)
+        store = cls(_engine(url if path is None else URL.create("sqlite", database=path), flag), url)
         try:
             store._prepare()
             if store.file is not None:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_review import LABELS, THRESHOLDS, FakeTagger, filled_store
 
-from conftest import ROOT, one_line_error, run_script
+from conftest import ROOT, free_port, one_line_error, run_script
 from genre_tagger import UserError
 from genre_tagger.common import SPREADSHEET_FORMULA_STARTS, from_spreadsheet_safe
 from genre_tagger.review import ReviewStore, read_audit_scores, read_titles
@@ -163,6 +163,15 @@ def test_a_db_path_that_looks_like_a_url_is_that_file_and_no_other(tmp_path, nam
     result = review("status", "--db", tmp_path / name)
     assert result.returncode == 0 and result.stdout.startswith("titles=3 "), result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_serve_names_its_own_flag_for_a_hostile_review_store(tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("keep me\n")
+    for store in (tmp_path, text, tmp_path / "missing" / "r.sqlite"):
+        result = run_script("serve.py", "--model", tmp_path / "no-run", "--review", store, "--port", free_port())
+        assert "--db" not in one_line_error(result, f"--review {store}")
+    assert text.read_text() == "keep me\n"
 
 
 def test_a_device_is_not_a_db(tmp_path):
