@@ -164,9 +164,13 @@ def main(argv=None):
     if args.review:
         from genre_tagger.review import ReviewStore, database_url
 
-        database_url(args.review)  # a --review that cannot be a store fails at once, before the model load
+        database_url(
+            args.review, flag="--review"
+        )  # a --review that cannot be a store fails at once, before the model load
     run = load_served_run(args.model, variant=args.onnx_variant, threads=args.threads, spinning=args.spin)
-    review = ReviewStore.open(args.review) if args.review else None  # created only once the run is good
+    review = (
+        ReviewStore.open(args.review, flag="--review") if args.review else None
+    )  # created only once the run is good
     app = create_app(
         run,
         max_batch=args.max_batch,

@@ -281,7 +281,10 @@ def check_output_folder(output, create=True):
     foreign = []
     try:
         if folder.is_dir():
-            foreign = sorted(p.name for p in folder.iterdir() if not OWN_NAME.fullmatch(p.name))
+            # A folder or a link under one of the tool's names is not its file: a shard's name alone marks it done.
+            foreign = sorted(
+                p.name for p in folder.iterdir() if not OWN_NAME.fullmatch(p.name) or p.is_symlink() or not p.is_file()
+            )
         elif not create:
             parent = next(p for p in folder.absolute().parents if p.exists())
             if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
@@ -349,9 +352,18 @@ def check_or_write_job(folder, job):
             raise UserError(f"--output {folder} holds shards but no {JOB_FILE}; give a new or empty folder")
         write_json_atomically(path, job)
         return False
+    # The job this run would write, as it would write it: a job.json much larger cannot be it, and is not read whole.
+    limit = 2 * len(json.dumps(job, indent=2)) + 4096
     try:
-        held = json.loads(path.read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+        with open(path, "rb") as handle:
+            text = handle.read(limit + 1)
+        if len(text) > limit:
+            raise UserError(
+                f"--output {folder} holds a {JOB_FILE} far larger than this job's; rerun with the same inputs and "
+                "settings to resume, or give a new folder"
+            )
+        held = json.loads(text)
+    except (OSError, ValueError, RecursionError):
         raise UserError(f"{path} is damaged; give a new --output folder") from None
     if not isinstance(held, dict) or held.get("written_by") != "genre_tagger.batch":
         raise UserError(f"{path} was not written by genre_tagger.batch; give a new --output folder")

@@ -24,6 +24,7 @@ the label audit's suspects; for titles imported with their genres), `import` by 
 """
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -55,6 +56,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 class StoreUnavailable(UserError):
     """The database could not be reached or stayed locked past BUSY_TIMEOUT_MS (HTTP 503: retry)."""
+
+
+class StoreGone(UserError):
+    """The SQLite file the store was opened from was deleted or replaced since (HTTP 410): writing on would write
+    into a file no one can open again."""
+
+
+class StoreDamaged(UserError):
+    """A row of the store holds what this code never writes there (edited or corrupted by hand)."""
 
 
 class NotFound(UserError):
@@ -162,44 +172,48 @@ def _upgrade_from_1(connection):
 UPGRADES = {1: _upgrade_from_1}  # version -> the step to the next, run in one transaction with the version bump
 
 
-def database_url(target, create=True):
-    """A SQLAlchemy URL for --db: a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
+def database_url(target, create=True, flag="--db"):
+    """A SQLAlchemy URL for --db (or serve.py's `flag` --review): a URL as given, or a path to a SQLite file (which need not exist yet if `create`)."""
     target = str(target)
     if "://" in target:
         if create or not target.startswith("sqlite:///") or target == "sqlite:///:memory:":
             return target
         path = Path(target.removeprefix("sqlite:///").split("?")[0])
         if not path.exists():
-            raise UserError(f"--db {target}: {path} does not exist; import titles into it first")
+            raise UserError(f"{flag} {target}: {path} does not exist; import titles into it first")
         return target
     path = Path(target)
     if path.exists() and not path.is_file() and not path.is_dir():
-        raise UserError(f"--db {target} is not a regular file; give a file name such as review.sqlite")
+        raise UserError(f"{flag} {target} is not a regular file; give a file name such as review.sqlite")
     if not create and not path.exists():
         raise UserError(
-            f"--db {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
+            f"{flag} {target} does not exist; import titles into it first (python -m genre_tagger.review import)"
         )
     if path.is_dir():
-        raise UserError(f"--db {target} is a folder; give a file name such as review.sqlite")
+        raise UserError(f"{flag} {target} is a folder; give a file name such as review.sqlite")
     if not path.resolve().parent.is_dir():
-        raise UserError(f"--db {target}: folder {path.resolve().parent} does not exist; create it first")
+        raise UserError(f"{flag} {target}: folder {path.resolve().parent} does not exist; create it first")
+    if not create and not path.stat().st_size:
+        raise UserError(f"{flag} {target} is empty; import titles into it first (python -m genre_tagger.review import)")
     if path.exists() and path.stat().st_size:
         with open(path, "rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":
-                raise UserError(f"--db {target} is not a SQLite database; give a review store or a new file name")
+                raise UserError(f"{flag} {target} is not a SQLite database; give a review store or a new file name")
     return f"sqlite:///{path.resolve()}"
 
 
-def _engine(url):
+def _engine(url, flag="--db"):
     from sqlalchemy import create_engine, event
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
         engine = create_engine(url)
-    except (ArgumentError, NoSuchModuleError) as err:
-        raise UserError(f"--db {url.split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})") from None
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:  # ValueError: a port that is not a number
+        raise UserError(
+            f"{flag} {str(url).split('@')[-1]!r} is not a database URL SQLAlchemy can open ({err})"
+        ) from None
     except ImportError as err:
-        raise UserError(f"--db needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
+        raise UserError(f"{flag} needs the database driver {err.name}: pip install it (see docs/REVIEW.md)") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -238,16 +252,24 @@ class ReviewStore:
 
         self.engine, self.url = engine, url
         self.tables = _tables(MetaData()).tables
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self.file = None if database in (None, "", ":memory:") else Path(database)
+        self.file_identity = None  # (device, inode) once prepared: the file every later transaction must still be
 
     @classmethod
-    def open(cls, target, create=True):
+    def open(cls, target, create=True, flag="--db"):
         """The store at `target` (a SQLite path or a SQLAlchemy URL); a missing SQLite file is created if `create`."""
+        from sqlalchemy.engine import URL
         from sqlalchemy.exc import SQLAlchemyError
 
-        url = database_url(target, create)
-        store = cls(_engine(url), url)
+        url = database_url(target, create, flag)
+        # A path goes in as the database itself: parsed as a URL, 'a?b.sqlite' would open 'a', 'x%41' 'xA'.
+        path = url.removeprefix("sqlite:///") if "://" not in str(target) else None
+        store = cls(_engine(url if path is None else URL.create("sqlite", database=path), flag), url)
         try:
             store._prepare()
+            if store.file is not None:
+                store.file_identity = store._identity()
         except SQLAlchemyError as err:
             store.close()
             raise _database_error(err, url) from None
@@ -274,6 +296,11 @@ class ReviewStore:
         """
         from sqlalchemy.exc import SQLAlchemyError
 
+        if self.file_identity is not None and self._identity() != self.file_identity:
+            raise StoreGone(
+                f"the review store {self.file} was deleted or replaced after it was opened; nothing was recorded "
+                "(restart with the store's file back in place, or a new --review file)"
+            )
         try:
             with self.engine.connect() as connection:
                 connection.execution_options(review_write=write)
@@ -281,6 +308,13 @@ class ReviewStore:
                     yield connection
         except SQLAlchemyError as err:  # locked past the busy timeout, unreachable, out of connections
             raise _database_error(err, self.url) from None
+
+    def _identity(self):
+        try:
+            found = os.stat(self.file)
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
 
     def _prepare(self):
         from sqlalchemy import inspect
@@ -302,6 +336,11 @@ class ReviewStore:
                         f"{self.shown} is a review store of schema version {version}, newer than this genre-tagger "
                         f"reads ({SCHEMA_VERSION}); upgrade genre-tagger"
                     )
+                if missing := {"runs", "items", "decisions"} - names:
+                    raise UserError(
+                        f"{self.shown} has a review_meta table but no {', '.join(sorted(missing))} table; it is "
+                        "damaged or not a review store"
+                    )
                 while version < SCHEMA_VERSION:
                     UPGRADES[version](connection)
                     version += 1
@@ -319,7 +358,7 @@ class ReviewStore:
 
         meta = self.tables["review_meta"]
         value = connection.execute(select(meta.c.value).where(meta.c.name == "schema_version")).scalar()
-        if value is None or not str(value).isdigit():
+        if value is None or not (str(value).isascii() and str(value).isdigit()) or int(value) < 1:
             raise UserError(f"{self.shown} has no valid schema version ({printable(str(value))}); it is damaged")
         return int(value)
 
@@ -379,22 +418,35 @@ class ReviewStore:
         from sqlalchemy import select
 
         runs, decisions = self.tables["runs"], self.tables["decisions"]
-        run = connection.execute(select(runs).where(runs.c.id == row.run_id)).one()
-        labels, thresholds = json.loads(run.labels), json.loads(run.thresholds)
-        probabilities, suggested = json.loads(row.probabilities), json.loads(row.suggested)
+        run = connection.execute(select(runs).where(runs.c.id == row.run_id)).first()
+        where = f"title {row.id}"
+        if run is None:
+            raise StoreDamaged(
+                f"{where} names run {row.run_id}, which is not in the review store; the store is damaged"
+            )
+        labels = stored_list(run.labels, "names", f"{where}'s run labels")
+        thresholds = stored_list(run.thresholds, "numbers", f"{where}'s run thresholds", len(labels))
+        probabilities = stored_list(row.probabilities, "numbers", f"{where}'s probabilities", len(labels))
+        suggested = stored_list(row.suggested, "names", f"{where}'s suggestion")
+        for name, value in (("uncertainty", row.uncertainty), ("label_quality", row.label_quality)):
+            if value is not None and not _finite(value):
+                raise StoreDamaged(f"{where}'s {name} is not a finite number; the store is damaged")
         order = sorted(range(len(labels)), key=lambda j: (labels[j] not in suggested, -probabilities[j]))
         candidates = order[: max(CANDIDATES, len(suggested))]
         current = None
         if row.current_id is not None:
-            current = _decision_record(
-                connection.execute(select(decisions).where(decisions.c.id == row.current_id)).one()
-            )
+            standing = connection.execute(select(decisions).where(decisions.c.id == row.current_id)).first()
+            if standing is None:
+                raise StoreDamaged(
+                    f"{where} names decision {row.current_id}, not in the review store; the store is damaged"
+                )
+            current = _decision_record(standing)
         return {
             "id": row.id,
             "key": row.key,
             "title": row.title,
             "description": row.description,
-            "given": None if row.given is None else json.loads(row.given),
+            "given": None if row.given is None else stored_list(row.given, "names", f"{where}'s given genres"),
             "suggested": suggested,
             "candidates": [
                 {
@@ -512,9 +564,9 @@ class ReviewStore:
             values.update(run_id=row.run_id, replaces=row.current_id, request_id=request_id)
             stands = None
             if action == "accept":
-                labels = json.loads(connection.execute(select(self.tables["runs"].c.labels).where(
-                    self.tables["runs"].c.id == row.run_id)).scalar())  # fmt: skip
-                suggested = json.loads(row.suggested)
+                labels = stored_list(connection.execute(select(self.tables["runs"].c.labels).where(
+                    self.tables["runs"].c.id == row.run_id)).scalar(), "names", f"title {item_id}'s run labels")  # fmt: skip
+                suggested = stored_list(row.suggested, "names", f"title {item_id}'s suggestion")
                 decided = suggested if genres is None else _checked_genres(genres, labels)
                 values.update(
                     genres=json.dumps(decided),
@@ -581,9 +633,30 @@ class ReviewStore:
             yield from connection.execution_options(yield_per=IMPORT_CHUNK_ROWS).execute(query)
 
 
+def _finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def stored_list(text, kind, what, length=None):
+    """A JSON list this code wrote into the store: of "names" (text) or "numbers" (finite), `length` long if given;
+    anything else is StoreDamaged, never a crash (or a NaN that no JSON answer can carry)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+
+    def fits(item):
+        return isinstance(item, str) if kind == "names" else _finite(item)
+
+    if not isinstance(value, list) or not all(fits(v) for v in value) or length not in (None, len(value)):
+        shape = kind if length is None else f"{length} {kind}"
+        raise StoreDamaged(f"{what} in the review store is not a list of {shape}; the store is damaged")
+    return value
+
+
 def _decision_record(row):
     def listed(value):
-        return None if value is None else json.loads(value)
+        return None if value is None else stored_list(value, "names", f"decision {row.id}'s genres")
 
     return {
         "id": row.id,
@@ -646,6 +719,8 @@ def read_audit_scores(path):
     for number, row, score in zip(frame.attrs["source_rows"], frame["row"], frame["label_quality"]):
         where = f"--audit {path}, line {number}"
         key = str(rows.parse(row, f"{where}: 'row'"))  # the id import gives a title imported without --id-column
+        if key in scores:
+            raise UserError(f"{where} repeats row {key}; give the CSV genre_tagger.audit wrote (one line per row)")
         scores[key] = qualities.parse(score, f"{where}: 'label_quality'")
     return scores
 
@@ -695,37 +770,23 @@ def _records(path, fmt, columns):
 
 def _parquet_records(path, columns):
     """Yield (record number, {column: value}) from a Parquet file, IMPORT_CHUNK_ROWS rows at a time (pyarrow)."""
-    try:
-        import pyarrow.parquet as pq
-        from pyarrow import ArrowException
-    except ImportError:
-        raise UserError(
-            "reading Parquet needs pyarrow: pip install -r requirements-dev.txt (or pip install pyarrow)"
-        ) from None
-    try:
-        parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
-        for name, flag in columns:
-            if name is not None and name not in names and flag is not None:
-                found = ", ".join(printable(h) for h in names) or "none"
-                raise UserError(f"{path} has no column {printable(name)!r} (columns: {found}); choose it with {flag}")
-        wanted = [name for name, _ in columns if name is not None and name in names]
-        number = 0
-        for batch in parquet.iter_batches(batch_size=IMPORT_CHUNK_ROWS, columns=wanted):
-            for record in batch.to_pylist():
-                number += 1
-                yield number, record
-    except (ArrowException, OSError) as err:
-        raise UserError(f"{path} could not be read as Parquet ({first_line(err)})") from None
+    from genre_tagger.textio import open_parquet, parquet_batches, parquet_columns
+
+    parquet = open_parquet(path)
+    wanted = parquet_columns(parquet, path, columns)
+    for start, values in parquet_batches(parquet, path, wanted, IMPORT_CHUNK_ROWS):
+        for i, row in enumerate(zip(*(values[name] for name in wanted))):
+            yield start + i, dict(zip(wanted, row))
 
 
-def _field(record, name, number, path, required=True):
-    """A text field of one input record, or None when absent (and not required)."""
+def _field(record, name, number, path, required=True, kind="text"):
+    """A text field of one input record, or None when absent (and not required). A whole number is taken as its
+    digits (a JSON id such as 7, a title such as 1917), except as a "description"; "labels" takes a list of names."""
     value = record.get(name) if name is not None else None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if kind == "labels" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DB_ID:
-        value = str(value)  # a JSON id such as 7
+    if kind != "description" and isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_DB_ID:
+        value = str(value)
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             raise UserError(f"{path}: row {number} has no {printable(name)!r}; fill it or delete the row")
@@ -749,7 +810,7 @@ def read_titles(path, args, max_chars):
     columns += [(args.title_column, None), (args.label_column, None)]
     seen, chunk, rows = set(), [], 0
     for number, record in _records(path, fmt, columns):
-        text = clean_text(_field(record, args.text_column, number, path)[: max_chars * 2])
+        text = clean_text(_field(record, args.text_column, number, path, kind="description")[: max_chars * 2])
         if not text:
             raise UserError(f"{path}: row {number} has an empty description; fill or delete it")
         key = _field(record, args.id_column, number, path) if args.id_column else str(number)
@@ -759,7 +820,7 @@ def read_titles(path, args, max_chars):
             raise UserError(f"{path}: row {number} repeats the id {printable(key)!r}; ids must be unique")
         seen.add(key)
         title = _field(record, args.title_column, number, path, required=False)
-        given = _field(record, args.label_column, number, path, required=False)
+        given = _field(record, args.label_column, number, path, required=False, kind="labels")
         chunk.append(
             {
                 "key": key,
@@ -873,19 +934,24 @@ def export_reviewed(args):
                     header = ["row", "genres", "suggested", "given", "reviewer", "decided_at", "decision"]
                 else:
                     header = ["id", "Title", args.text_column, args.label_column, "reviewer", "decided_at", "decision"]
-                writer.writerow(header)
+                writer.writerow([spreadsheet_safe(cell) for cell in header])
                 for row in store.reviewed():
-                    decided = ",".join(json.loads(row.decided))
+                    decided = ",".join(stored_list(row.decided, "names", f"decision {row.decision_id}'s genres"))
                     if not decided:
                         continue  # a title reviewed as having none of the genres: nothing to train on
-                    given = "" if row.given is None else ",".join(json.loads(row.given))
+                    given = (
+                        ""
+                        if row.given is None
+                        else ",".join(stored_list(row.given, "names", f"title {row.id}'s given genres"))
+                    )
                     if args.format == "relabel":
                         if not (row.key.isascii() and row.key.isdigit()):
                             raise UserError(
                                 f"title {row.id} has the id {printable(row.key)!r}, not a row number of a --data "
                                 "CSV; --relabel needs titles imported without --id-column (or use --format labelled)"
                             )
-                        cells = [row.key, decided, ",".join(json.loads(row.suggested)), given]
+                        suggested = stored_list(row.suggested, "names", f"title {row.id}'s suggestion")
+                        cells = [row.key, decided, ",".join(suggested), given]
                     else:
                         cells = [row.key, row.title or "", row.description, decided]
                     cells += [row.reviewer, row.decided_at, row.decision_id]

@@ -20,6 +20,7 @@ from genre_tagger.review import (
     MAX_REVIEWER_CHARS,
     AlreadyDecided,
     NotFound,
+    StoreGone,
     StoreUnavailable,
     text_problem,
 )
@@ -116,6 +117,8 @@ def mount_review(app, store, strategy="uncertain"):
             return refused(404, str(err))
         except AlreadyDecided as err:
             return refused(409, str(err), item=err.item)
+        except StoreGone as err:
+            return refused(410, str(err))
         except StoreUnavailable as err:
             return refused(503, f"{err}; retry shortly")
         except Exception as err:
@@ -177,6 +180,7 @@ def mount_review(app, store, strategy="uncertain"):
             200: {"description": "recorded (committed to the database) and the title as it now stands"},
             404: {"description": "no such title"},
             409: {"description": "someone decided first: `item` is the title as it stands"},
+            410: {"description": "the store's file was deleted or replaced while serving: nothing was recorded"},
             422: {"description": "the body is not a valid decision"},
             503: {"description": "the database is busy or unreachable: nothing was recorded; retry"},
         },

@@ -23,6 +23,7 @@ OUTPUT_EXTENSIONS = (".csv", ".jsonl", ".parquet")
 MAX_ID_CHARS = 1024  # an --id-column value: a key, not a text
 RECORD_EXTENSIONS = {"csv": (".csv",), "jsonl": (".jsonl",), "parquet": (".parquet", ".pq")}
 LINE_CAP = 1 << 22  # characters of one line read at a time (a CSV row, a JSON line); a text line is cut instead
+PARQUET_READ_BYTES = 1 << 20  # a column chunk is streamed through this buffer, not loaded whole with its row group
 
 
 def warn_unknown(tagger, texts, numbers):
@@ -325,48 +326,71 @@ def open_parquet(path):
     except ImportError:
         raise UserError("Parquet needs pyarrow: pip install pyarrow (pinned in requirements.txt)") from None
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, buffer_size=PARQUET_READ_BYTES, pre_buffer=False)
     except (ArrowException, OSError) as err:
         raise UserError(f"{path} is not a readable Parquet file ({first_line(err, 120)})") from None
 
 
-def _parquet_records(path, text_column, label_column, id_column=None, bad_row=_fail, row_groups=None, first_row=1):
-    """Yield (row number, text, labels, id) from a Parquet file (or some of its row groups), a batch at a time."""
+def parquet_columns(parquet, path, wanted):
+    """The names of `wanted` (column, flag) that the file has; one it lacks is refused when it has a flag, and a name
+    the file gives two columns is refused (a row would hold only one of them)."""
+    names = parquet.schema_arrow.names
+    for column, flag in wanted:
+        if column is not None and column not in names and flag is not None:
+            raise UserError(_column_missing(path, names, column, flag))
+    present = [c for c in dict.fromkeys(column for column, _ in wanted) if c is not None and c in names]
+    for column in present:
+        if names.count(column) > 1:
+            raise UserError(f"{path} has {names.count(column)} columns named {printable(column)!r}; rename all but one")
+    return present
+
+
+def parquet_batches(parquet, path, columns, batch_size, row_groups=None, first_row=1):
+    """Yield (first row number, {column: Python values}) of each batch; a value Python cannot hold (a timestamp past
+    year 9999) or a damaged page is one line naming where it stopped."""
     from pyarrow import ArrowException
 
+    batches = parquet.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns)
+    number = first_row
+    while True:
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            values = {c: batch.column(c).to_pylist() for c in columns}
+        except (ArrowException, OSError, OverflowError, ValueError) as err:
+            raise UserError(
+                f"{path}: row {number} and on could not be read as Parquet ({first_line(err, 120)})"
+            ) from None
+        yield number, values
+        number += batch.num_rows
+
+
+def _parquet_records(path, text_column, label_column, id_column=None, bad_row=_fail, row_groups=None, first_row=1):
+    """Yield (row number, text, labels, id) from a Parquet file (or some of its row groups), a batch at a time."""
     parquet = open_parquet(path)
-    names = parquet.schema_arrow.names
-    for column, flag in ((text_column, "--text-column"), (id_column, "--id-column")):
-        if column is not None and column not in names:
-            raise UserError(_column_missing(path, names, column, flag))
-    wanted = [c for c in dict.fromkeys((text_column, label_column, id_column)) if c is not None and c in names]
-    number = first_row - 1
-    try:
-        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, row_groups=row_groups, columns=wanted):
-            columns = {c: batch.column(c).to_pylist() for c in wanted}
-            for i, text in enumerate(columns[text_column]):
-                number += 1
-                where = f"{path}: row {number}"
-                if not isinstance(text, str):
-                    missing = "no" if text is None else f"a {type(text).__name__}, not a text"
-                    bad_row(f"{where} has {missing} {printable(text_column)!r}; fill it or choose --text-column")
+    wanted = parquet_columns(parquet, path, [(text_column, "--text-column"), (id_column, "--id-column"),
+                                             (label_column, None)])  # fmt: skip
+    for start, columns in parquet_batches(parquet, path, wanted, CHUNK_ROWS, row_groups, first_row):
+        for i, text in enumerate(columns[text_column]):
+            number = start + i
+            where = f"{path}: row {number}"
+            if not isinstance(text, str):
+                missing = "no" if text is None else f"a {type(text).__name__}, not a text"
+                bad_row(f"{where} has {missing} {printable(text_column)!r}; fill it or choose --text-column")
+                continue
+            if problem := _character_problem(text):
+                bad_row(f"{where}: its {text_column!r} {problem}")
+                continue
+            ident = None
+            if id_column is not None:
+                ident = _identifier(columns[id_column][i], where, id_column, bad_row)
+                if ident is None:
                     continue
-                if problem := _character_problem(text):
-                    bad_row(f"{where}: its {text_column!r} {problem}")
-                    continue
-                ident = None
-                if id_column is not None:
-                    ident = _identifier(columns[id_column][i], where, id_column, bad_row)
-                    if ident is None:
-                        continue
-                labels = None
-                if label_column in columns and not (labels := _labels_value(columns[label_column][i])):
-                    raise _no_labels(where, label_column)
-                yield number, text, labels, ident
-    except (ArrowException, OSError) as err:
-        raise UserError(
-            f"{path}: row {number + 1} and on could not be read as Parquet ({first_line(err, 120)})"
-        ) from None
+            labels = None
+            if label_column in columns and not (labels := _labels_value(columns[label_column][i])):
+                raise _no_labels(where, label_column)
+            yield number, text, labels, ident
 
 
 def prepared_records(records, name, max_chars, bad_row=_fail, cut_rows=None):

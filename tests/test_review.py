@@ -309,7 +309,7 @@ def test_parquet_titles_are_read_in_chunks_and_a_broken_file_is_one_line(tmp_pat
     broken.write_bytes(b"PAR1 not really")
     result = run_script("-m", "genre_tagger.review", "import", "--db", tmp_path / "r.sqlite", "--model", "x",
                         "--input", broken)  # fmt: skip
-    one_line_error(result, "could not be read as Parquet")
+    one_line_error(result, "not a readable Parquet file")
 
 
 def test_bad_flags_and_outputs_are_one_line_errors(tmp_path):
