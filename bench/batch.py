@@ -60,7 +60,8 @@ def measure_batch(what, command, output, rows, baseline):
 
 
 def running_cluster(work, cores):
-    """`ray start --head` on this machine, in its own temp dir, on a free port: the cluster's address."""
+    """`ray start --head` on this machine, in its own temp dir, on a free port: the cluster's address ("auto",
+    the latest cluster started here, which also finds its authentication token), and how to stop it."""
     import socket
 
     with socket.socket() as probe:
@@ -70,7 +71,7 @@ def running_cluster(work, cores):
     start = [*ray_cli, "start", "--head", "--port", str(port), "--num-cpus", str(cores), "--include-dashboard=false",
              "--disable-usage-stats", "--temp-dir", os.path.join(work, "ray")]  # fmt: skip
     subprocess.run(start, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return f"127.0.0.1:{port}", [*ray_cli, "stop"]
+    return "auto", [*ray_cli, "stop"]
 
 
 def kill_and_resume(model, rows_csv, output, rows, rows_per_shard):

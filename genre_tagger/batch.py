@@ -492,7 +492,14 @@ def start_ray(address, threads):
             runtime_env=runtime_env,
         )
     except Exception as err:  # noqa: BLE001 - ray.init raises many types (connection, version, resources)
-        raise UserError(f"cannot reach a Ray cluster at {address or 'this machine'} ({first_line(err, 160)})") from None
+        # Ray finds a cluster's authentication token for --address auto, but not for HOST:PORT by itself.
+        hint = (
+            "; if the cluster uses Ray's token authentication, set RAY_AUTH_MODE=token"
+            if address not in (None, "auto") and "RAY_AUTH_MODE" not in os.environ
+            else ""
+        )
+        where = address or "this machine"
+        raise UserError(f"cannot reach a Ray cluster at {where} ({first_line(err, 160)}){hint}") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
