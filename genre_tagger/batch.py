@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ JOB_SETTINGS = (
 )  # fmt: skip
 MAX_THREADS_PER_WORKER = 1024
 MAX_ROWS_PER_SHARD = 10**7
+CONNECT_TIMEOUT_S = 10  # for the check that something listens at --address, before Ray tries (for minutes)
 # What this tool writes into --output: its two JSON files, finished shards and their temporary names.
 OWN_NAME = re.compile(
     r"(job\.json|summary\.json|part-\d{5}-\d{5}\.(parquet|jsonl|csv)|\.(job\.json|summary\.json|part-\d{5}-\d{5}\.(parquet|jsonl|csv))\..+\.part)"
@@ -458,6 +460,24 @@ class ShardTagger:
         writer.write(texts, probabilities, decoded, ids=ids)
 
 
+def check_address(address, named="--address "):
+    """A HOST:PORT that nothing answers at is one line now: Ray itself would wait minutes before failing."""
+    if address in (None, "auto"):
+        return
+    host, colon, port = address.split("://", 1)[-1].rpartition(":")
+    if not colon or not port.isdigit():
+        return  # another of Ray's address forms: ray.init says what is wrong with it
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, OverflowError) as err:  # OverflowError: a port past 65535
+        reason = getattr(err, "strerror", None) or first_line(err, 80)
+        raise UserError(
+            f"nothing answers at {named}{address} ({reason}); start the cluster there (ray start --head) "
+            "or give its address"
+        ) from None
+
+
 def start_ray(address, threads):
     """Join --address, or start a Ray on this machine; quiet: Ray's own logs and progress bars stay off stderr."""
     import logging
@@ -518,6 +538,10 @@ def main(argv=None):
     from genre_tagger.textio import description_limit
 
     parse_threshold(args.threshold)
+    if args.address:
+        check_address(args.address)
+    else:
+        check_address(os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS=")
     files = input_files(args.input)
     formats = [file_format(path, args.input_format) for path in files]
     model, output = Path(args.model).resolve(), Path(args.output).resolve()

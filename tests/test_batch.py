@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, one_line_error, run_script
+from conftest import ROOT, free_port, one_line_error, run_script
 from genre_tagger import UserError
 from genre_tagger.batch import OWN_NAME, plan_file, read_shard
 from genre_tagger.textio import _csv_records, _jsonl_records, _parquet_records, bounded_lines, prepared_records
@@ -157,6 +157,15 @@ def test_refusals_before_any_run_or_ray_is_opened(tmp_path):
     one_line_error(batch("--model", missing, "--input", data, "--output", tmp_path / "o"), "no trained model")
     one_line_error(
         batch("--model", missing, "--input", data, "--output", tmp_path / "o", "--workers", "-1"), "--workers"
+    )
+    for address in (f"127.0.0.1:{free_port()}", "127.0.0.1:99999"):  # Ray itself would retry for minutes
+        one_line_error(
+            batch("--model", missing, "--input", data, "--output", tmp_path / "o", "--address", address),
+            f"nothing answers at --address {address}",
+        )
+    one_line_error(
+        batch("--model", missing, "--input", data, "--output", tmp_path / "o", env={"RAY_ADDRESS": "127.0.0.1:1"}),
+        "nothing answers at RAY_ADDRESS=127.0.0.1:1",
     )
     assert not (tmp_path / "o").exists()
 
