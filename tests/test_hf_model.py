@@ -1,5 +1,5 @@
 """The run is a proper Hugging Face model folder: round-trip, auto classes, pipeline parity, loud refusal
-without trust_remote_code, load_tagger on both backends, and runs saved before the change."""
+without trust_remote_code, load_tagger on both backends, and runs saved in the older layout."""
 
 import json
 import re

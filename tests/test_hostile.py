@@ -431,8 +431,9 @@ def test_train_removes_leftovers_of_an_interrupted_save_and_nothing_it_did_not_c
 
 
 def test_later_onnx_sessions_load_the_model_that_was_verified(trained, run_copy):
-    """A second session is built on the first call with several batches: from a zip's bytes (its extracted
-    copy is gone by then), or from a folder's file, which must still be the one verified at open."""
+    """The ONNX backend builds its second onnxruntime graph on the first call with several batches: from a
+    zip's bytes (its extracted copy is gone by then), or from a folder's file, which must still be the one
+    verified at open."""
     import numpy as np
 
     from genre_tagger.run import Run
