@@ -92,8 +92,13 @@ def operator_shares(model_file, encodings, batch):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
-    session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = os.path.join(folder, "profile")
+        session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        return _profiled(session, encodings, batch)
+
+
+def _profiled(session, encodings, batch):
     order = np.argsort([len(e.ids) for e in encodings], kind="stable")
     passes = 0
     for start in range(0, len(order), batch):

@@ -495,11 +495,13 @@ def start_ray(address, threads):
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    callers_path = os.environ.get("PYTHONPATH")
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # A Ray started here runs its workers from this environment: they import genre_tagger from where the
         # driver does. Shipping it as py_modules would cost every actor a fresh worker process (seconds each).
+        # Ray's processes, started by ray.init, inherit the path; the caller's environment gets its own back.
         package_root = str(Path(genre_tagger.__file__).resolve().parents[1])
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, callers_path]))
         runtime_env = None
     else:
         runtime_env = {"py_modules": [genre_tagger]}
@@ -520,6 +522,11 @@ def start_ray(address, threads):
         )
         where = address or "this machine"
         raise UserError(f"cannot reach a Ray cluster at {where} ({first_line(err, 160)}){hint}") from None
+    finally:
+        if callers_path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = callers_path
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
