@@ -4,7 +4,10 @@
 
 Writes --rows real descriptions (the dataset's, repeated, each with its own id) to a CSV, then measures as
 fresh processes: `predict.py --input rows.csv --output x.parquet --threads T` (T = all cores), and
-`python -m genre_tagger.batch` on a local Ray with 1 and with 2 single-thread workers. For each it prints
+`python -m genre_tagger.batch` on a local Ray with 1 and with 2 single-thread workers. A shared machine's
+speed drifts over minutes, so predict.py runs again just before each batch job, and each job is compared
+with the predict.py run beside it. It first prints how long `import ray` takes in a fresh process: every
+one of Ray's processes pays it, and it depends on what else the environment holds. For each job it prints
 wall seconds and rows/s; for the batch tool also Ray's start-up (ray.init to a usable cluster) and the
 seconds the shards took inside the actors (summary.json). Then (unless --no-cluster) it starts a Ray
 cluster on this machine (`ray start --head`, as docs/BATCH.md deploys one) and runs 2 workers against it
@@ -50,13 +53,26 @@ def batch_command(model, rows_csv, output, workers, rows_per_shard, address=None
     ]  # fmt: skip
 
 
-def measure_batch(what, command, output, rows, baseline):
+def measure_predict(predict, rows):
+    Path(predict[predict.index("--output") + 1]).unlink(missing_ok=True)
+    wall, rss, _ = run_measured(predict)
+    print(f"predict.py --input, {predict[-1]} threads: {wall:.1f} s, {rows / wall:.0f} rows/s, peak RSS {rss:.0f} MiB")
+    return rows / wall
+
+
+def measure_batch(what, command, output, rows, predict):
+    baseline = measure_predict(predict, rows)
     wall, _, _ = run_measured(command)
     summary = json.loads(Path(output, "summary.json").read_text())
     print(
-        f"{what}: {wall:.1f} s, {rows / wall:.0f} rows/s ({rows / wall / baseline:.2f}x predict.py); "
+        f"{what}: {wall:.1f} s, {rows / wall:.0f} rows/s ({rows / wall / baseline:.2f}x the predict.py run above); "
         f"Ray start-up {summary['ray_start_seconds']:.1f} s, shards {summary['shard_seconds']:.1f} s of actor time"
     )
+
+
+def ray_import_seconds():
+    command = [sys.executable, "-c", "import time; t = time.perf_counter(); import ray; print(time.perf_counter() - t)"]
+    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def running_cluster(work, cores):
@@ -103,6 +119,7 @@ def main():
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; rows: {args.rows}")
+    print(f"`import ray` in a fresh process: {ray_import_seconds():.2f} s ({sys.executable})")
     with tempfile.TemporaryDirectory() as work:
         rows_csv = os.path.join(work, "rows.csv")
         write_rows(rows_csv, args.rows, args.data)
@@ -110,14 +127,11 @@ def main():
             sys.executable, "predict.py", "--model", args.model, "--input", rows_csv, "--output",
             os.path.join(work, "predict.parquet"), "--threads", str(cores),
         ]  # fmt: skip
-        wall, rss, _ = run_measured(predict)
-        baseline = args.rows / wall
-        print(f"predict.py --input, {cores} threads: {wall:.1f} s, {baseline:.0f} rows/s, peak RSS {rss:.0f} MiB")
         for workers in (1, 2):
             output = os.path.join(work, f"batch-{workers}")
             command = batch_command(args.model, rows_csv, output, workers, args.rows_per_shard)
             what = f"genre_tagger.batch, a Ray started by the job, {workers} single-thread worker(s)"
-            measure_batch(what, command, output, args.rows, baseline)
+            measure_batch(what, command, output, args.rows, predict)
         if not args.no_cluster:
             address, stop = running_cluster(work, cores)
             try:
@@ -125,7 +139,7 @@ def main():
                     output = os.path.join(work, f"cluster-{job}")
                     command = batch_command(args.model, rows_csv, output, 2, args.rows_per_shard, address)
                     what = f"genre_tagger.batch --address (a running cluster), {job} job, 2 single-thread workers"
-                    measure_batch(what, command, output, args.rows, baseline)
+                    measure_batch(what, command, output, args.rows, predict)
             finally:
                 subprocess.run(stop, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not args.no_kill:

@@ -404,6 +404,10 @@ class ShardTagger:
         from genre_tagger.textio import description_limit
 
         model, variant, threads, settings, self.inputs, output = self.job
+        if threads == 1:
+            # The tokenizer's own thread pool spans every core of the machine, where the other actors tag: at
+            # one CPU an actor tokenizes on its own thread, which costs 9% less CPU per row (bench/RESULTS.md).
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
         self.args, self.output = Namespace(**settings), Path(output)
         with Run.open(model) as run:
             self.labels = run.labels
@@ -491,6 +495,9 @@ def start_ray(address, threads):
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray.data  # noqa: F401 - configures its loggers, quietened just below
 
+    # Ray's usage reporting, unless the caller asks for it: it would reach for the internet, and Ray Data starts
+    # one more actor (a worker process, seconds of CPU) per job to collect it.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray's C++ core prints a warning per actor on this stderr; at this level it prints one line instead.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     for name in ("ray", "ray.data"):

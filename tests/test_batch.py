@@ -196,6 +196,44 @@ def test_refusals_that_need_the_run(tmp_path, trained):
     assert not (tmp_path / "o").exists()
 
 
+# %% One actor, outside Ray
+
+
+@pytest.mark.parametrize("threads, parallel_tokenizer", [(1, False), (2, True)])
+def test_an_actor_tags_a_shard_and_tokenizes_on_its_own_cpus(
+    tmp_path, monkeypatch, trained, threads, parallel_tokenizer
+):
+    import numpy as np
+    import pandas as pd
+
+    from genre_tagger import load_tagger
+    from genre_tagger.batch import ShardTagger, _identity, build_parser, job_settings, shard_name
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    data, out = tmp_path / "rows.jsonl", tmp_path / "tagged"
+    texts = [f"a heist crew plans job number {i} in a city at night" for i in range(5)]
+    data.write_text("".join(json.dumps({"Description": text}) + "\n" for text in texts))
+    out.mkdir()
+    args = build_parser().parse_args(["--model", str(trained["output"]), "--input", str(data), "--output", str(out)])
+    (shard,) = plan_file(str(data), 0, "jsonl", args, MAX_CHARS)
+    job = (
+        str(trained["output"]),
+        "int8",
+        threads,
+        job_settings(args),
+        [{**_identity(str(data)), "format": "jsonl"}],
+        str(out),
+    )
+    actor = type("OneShardTagger", (ShardTagger,), {"job": job})()
+    # At one CPU the tokenizer's own thread pool, which would span every core of the machine, stays off.
+    assert (os.environ.get("TOKENIZERS_PARALLELISM") != "false") is parallel_tokenizer
+    assert actor({"shard": [json.dumps(shard)]})["error"] == [""]
+    tagged = pd.read_parquet(out / shard_name(shard, "parquet"))
+    assert [i.rsplit(":", 1)[1] for i in tagged["id"]] == ["1", "2", "3", "4", "5"]
+    tagger = load_tagger(trained["output"])
+    np.testing.assert_allclose(tagged[tagger.labels].to_numpy(), tagger.probabilities(texts), atol=1e-6)
+
+
 # %% A job that starts its own Ray on this machine
 
 
