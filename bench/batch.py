@@ -3,17 +3,17 @@
     python bench/batch.py --model models/genre-classifier --rows 20000
 
 Writes --rows real descriptions (the dataset's, repeated, each with its own id) to a CSV, then measures as
-fresh processes: `predict.py --input rows.csv --output x.parquet --threads T` (T = all cores), and
-`python -m genre_tagger.batch` on a local Ray with 1 and with 2 single-thread workers. A shared machine's
-speed drifts over minutes, so predict.py runs again just before each batch job, and each job is compared
-with the predict.py run beside it. It first prints how long `import ray` takes in a fresh process: every
-one of Ray's processes pays it, and it depends on what else the environment holds. For each job it prints
-wall seconds and rows/s; for the batch tool also Ray's start-up (ray.init to a usable cluster) and the
-seconds the shards took inside the actors (summary.json). Then (unless --no-cluster) it starts a Ray
-cluster on this machine (`ray start --head`, as docs/BATCH.md deploys one) and runs 2 workers against it
-with --address twice: the first job on a new cluster also installs the code on it; the second is what
-each later job costs. Then (unless --no-kill) it kills a batch job after its first shards are written,
-reruns it and counts output rows against input rows.
+fresh processes: `predict.py --input rows.csv --output x.parquet --threads T` (T = all cores), and `python
+-m genre_tagger.batch` on a Ray the job starts, with 1 and then 2 single-thread workers (--workers). A
+shared machine's speed drifts over minutes, so predict.py runs again just before each batch job, and each
+job is compared with the predict.py run beside it. It first prints how long `import ray` takes in a fresh
+process: every one of Ray's processes pays it, and it depends on what else the environment holds. For each
+job it prints wall seconds and rows/s; for the batch tool also Ray's start-up (ray.init to a usable
+cluster) and the seconds the shards took inside the actors (summary.json). Then (unless --no-cluster) it
+starts a Ray cluster on this machine (`ray start --head`, as docs/BATCH.md deploys one) and runs 2 workers
+against it with --address twice: the first job on a new cluster also installs the code on it; the second
+is what each later job costs. Then (unless --no-kill) it kills a batch job after its first shards are
+written, reruns it and counts output rows against input rows.
 """
 
 import argparse
@@ -114,6 +114,13 @@ def main():
     p.add_argument(
         "--rows-per-shard", type=int, default=2_000, help="the batch tool's shard size (default: %(default)s)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="single-thread workers of each job that starts its own Ray, one job per count (default: %(default)s)",
+    )
     p.add_argument("--no-cluster", action="store_true", help="skip the jobs on a running `ray start --head` cluster")
     p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume check")
     args = p.parse_args()
@@ -127,7 +134,7 @@ def main():
             sys.executable, "predict.py", "--model", args.model, "--input", rows_csv, "--output",
             os.path.join(work, "predict.parquet"), "--threads", str(cores),
         ]  # fmt: skip
-        for workers in (1, 2):
+        for workers in args.workers:
             output = os.path.join(work, f"batch-{workers}")
             command = batch_command(args.model, rows_csv, output, workers, args.rows_per_shard)
             what = f"genre_tagger.batch, a Ray started by the job, {workers} single-thread worker(s)"
