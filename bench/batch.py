@@ -124,6 +124,9 @@ def main():
     p.add_argument("--no-cluster", action="store_true", help="skip the jobs on a running `ray start --head` cluster")
     p.add_argument("--no-kill", action="store_true", help="skip the kill-and-resume check")
     args = p.parse_args()
+    if min(args.workers) < 1 or len(set(args.workers)) < len(args.workers):
+        # A repeated count would write into the folder of the job before it, which the rerun resumes.
+        p.error(f"--workers takes distinct counts of at least 1, not {' '.join(map(str, args.workers))}")
     cores = len(os.sched_getaffinity(0))
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores; rows: {args.rows}")
     print(f"`import ray` in a fresh process: {ray_import_seconds():.2f} s ({sys.executable})")
