@@ -1,16 +1,21 @@
-"""Which ONNX graph tags fastest on this CPU, and which gives each row the same numbers in any batch.
+"""Which ONNX graph (or other CPU runtime) tags fastest on this CPU, and which gives each row the same numbers in
+any batch.
 
     python bench/graphs.py --model models/genre-classifier --rows 1000
 
 Builds, from the run's PyTorch model, into a temporary folder: the run's own kind of export (torch.onnx,
-SDPA attention) in fp32 and in each int8 recipe of genre_tagger.modeling (dynamic, rowwise); and the
-same model exported with eager attention and passed through onnxruntime's transformer optimizer
+SDPA attention) in fp32 and in each int8 recipe of genre_tagger.modeling (dynamic, rowwise, blockwise);
+the same graph with 4-bit weights (MatMulNBits, block --nbits-block, activations int8 per block); the same
+model exported with eager attention and passed through onnxruntime's transformer optimizer
 (`optimize_model(model_type="bert")`: EmbedLayerNormalization, Attention or MultiHeadAttention,
-SkipLayerNormalization, BiasGelu), in fp32 and quantized per token. For each graph it prints the fused
-operators, CPU milliseconds per description on one thread (process time over --rows descriptions, batch 32,
-median of --repeats), the largest and mean |probability difference| against the fp32 export, and how far
-a row moves between batch size 1 and a batch of 32 (0 up to float rounding: the row does not depend on
-its batch).
+SkipLayerNormalization, BiasGelu), in fp32 and quantized per token; and, where the `ctranslate2` package is
+installed (`pip install ctranslate2`; not a dependency of the project), the encoder converted to
+CTranslate2 in int8 (weights per output row, activations per token, inside its own fused kernels) and
+float32, with the run's pooling and head in numpy. For each it prints the fused operators, CPU
+milliseconds per description on one thread (process time over --rows descriptions, batch 32, median of
+--repeats), the largest and mean |probability difference| against the fp32 export, the share of
+(description, genre) decisions at 0.3 that agree with it, and how far a row moves between batch size 1
+and a batch of 32 (0 up to float rounding: the row does not depend on its batch).
 """
 
 import argparse
@@ -71,10 +76,57 @@ def fuse(source, target, config, multi_head):
     return {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
 
 
-def measure(path, texts, tokenizer_bytes, labels, max_length, repeats):
-    from genre_tagger.onnx_backend import OnnxTagger, load_tokenizer
+def quantize_nbits(fp32_path, path, bits, block_size):
+    """Every weight MatMul as MatMulNBits (`bits`-bit weights, one scale per block), activations int8 per block."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    tagger = OnnxTagger(path, load_tokenizer(tokenizer_bytes, max_length, path), labels, path, threads=1)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(fp32_path)), bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path), False)
+
+
+class CTranslate2Tagger:
+    """The run's encoder in CTranslate2 on one thread, pooled and classified as the run's model does."""
+
+    def __init__(self, model, tokenizer, text_tokenizer, folder, compute_type):
+        import ctranslate2
+
+        if not (folder / "model.bin").exists():
+            model.encoder.save_pretrained(folder / "hf")
+            tokenizer.save_pretrained(folder / "hf")
+            quantization = "int8" if compute_type.startswith("int8") else None
+            ctranslate2.converters.TransformersConverter(str(folder / "hf")).convert(
+                str(folder), quantization=quantization, force=True
+            )
+        self.encoder = ctranslate2.Encoder(
+            str(folder), device="cpu", compute_type=compute_type, intra_threads=1, inter_threads=1
+        )
+        self.tokenizer = text_tokenizer  # the run's own, as OnnxTagger reads with
+        self.pooling = model.config.pooling
+        self.weight = model.classifier.weight.detach().numpy()
+        self.bias = model.classifier.bias.detach().numpy()
+
+    def probabilities(self, texts, batch_size=32):
+        encodings = self.tokenizer.encode_batch(list(texts))
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(lengths, kind="stable")
+        outputs = np.zeros((len(texts), len(self.bias)), np.float32)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            hidden = np.array(self.encoder.forward_batch([encodings[i].ids for i in batch]).last_hidden_state)
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = (np.arange(hidden.shape[1])[None, :] < lengths[batch][:, None]).astype(np.float32)
+                pooled = (hidden * mask[..., None]).sum(axis=1) / lengths[batch][:, None]
+            outputs[batch] = 1 / (1 + np.exp(-(pooled @ self.weight.T + self.bias)))
+        return outputs
+
+
+def measure(tagger, texts, repeats):
     tagger.probabilities(texts[:64])
     times = []
     for _ in range(repeats):
@@ -91,6 +143,12 @@ def main():
     p.add_argument("--data", default="data/IMDB-Movie-Data.csv", help="where the descriptions come from")
     p.add_argument("--rows", type=int, default=1000, help="descriptions to tag per graph (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes per graph, median (default: %(default)s)")
+    p.add_argument(
+        "--nbits-block",
+        type=int,
+        default=128,
+        help="input rows per weight scale of the 4-bit graph, a power of 2 from 16 (default: %(default)s)",
+    )
     args = p.parse_args()
     import onnx
 
@@ -108,9 +166,11 @@ def main():
         work = Path(work)
         export(model, tokenizer, work / "sdpa.onnx", eager=False)
         graphs = {"fp32 (the run's export)": (work / "sdpa.onnx", {})}
-        for recipe in ("dynamic", "rowwise"):
+        for recipe in ("dynamic", "rowwise", "blockwise"):
             quantize_int8(work / "sdpa.onnx", work / f"{recipe}.onnx", recipe)
             graphs[f"int8 {recipe}"] = (work / f"{recipe}.onnx", {})
+        quantize_nbits(work / "sdpa.onnx", work / "4bit.onnx", 4, args.nbits_block)
+        graphs[f"4-bit weights, block {args.nbits_block}"] = (work / "4bit.onnx", {})
         export(model, tokenizer, work / "eager.onnx", eager=True)
         fused = fuse(work / "eager.onnx", work / "fused.onnx", config, multi_head=False)
         graphs["fused fp32 (Attention)"] = (work / "fused.onnx", fused)
@@ -118,14 +178,41 @@ def main():
         graphs["fused fp32 (MultiHeadAttention)"] = (work / "fused-mha.onnx", fused_mha)
         onnx.save(quantize_per_token(onnx.load(str(work / "fused-mha.onnx"))), str(work / "fused-rowwise.onnx"))
         graphs["fused int8 rowwise"] = (work / "fused-rowwise.onnx", fused_mha)
+        from genre_tagger.onnx_backend import OnnxTagger, load_tokenizer
+
+        taggers = {
+            name: (
+                lambda path=path: OnnxTagger(
+                    path, load_tokenizer(tokenizer_bytes, max_length, path), labels, path, threads=1
+                ),
+                fused_ops,
+            )
+            for name, (path, fused_ops) in graphs.items()
+        }
+        try:
+            import ctranslate2  # noqa: F401  (only to know whether it is there)
+        except ImportError:
+            print("  (ctranslate2 is not installed: `pip install ctranslate2` adds its rows)")
+        else:
+            for compute_type in ("int8", "float32"):
+                folder = work / f"ct2-{compute_type}"
+                taggers[f"CTranslate2 {compute_type}"] = (
+                    lambda folder=folder, compute_type=compute_type: CTranslate2Tagger(
+                        model, tokenizer, load_tokenizer(tokenizer_bytes, max_length, folder), folder, compute_type
+                    ),
+                    {},
+                )
         reference = None
-        for name, (path, fused_ops) in graphs.items():
-            ms, probabilities, batch_move = measure(path, texts, tokenizer_bytes, labels, max_length, args.repeats)
+        for name, (make_tagger, fused_ops) in taggers.items():
+            ms, probabilities, batch_move = measure(make_tagger(), texts, args.repeats)
             reference = probabilities if reference is None else reference
             difference = np.abs(probabilities - reference)
+            agreement = ((probabilities >= 0.3) == (reference >= 0.3)).mean()
             print(
                 f"  {name:<32} {ms:6.2f} ms/description  vs fp32: max {difference.max():.4f} mean "
-                f"{difference.mean():.5f}  batch of 1 vs 32: {batch_move:.1e}  {json.dumps(fused_ops) if fused_ops else ''}"
+                f"{difference.mean():.5f} decisions {agreement:.2%}  batch of 1 vs 32: {batch_move:.1e}  "
+                f"{json.dumps(fused_ops) if fused_ops else ''}",
+                flush=True,
             )
 
 
