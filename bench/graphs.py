@@ -94,13 +94,11 @@ class CTranslate2Tagger:
     def __init__(self, model, tokenizer, text_tokenizer, folder, compute_type):
         import ctranslate2
 
-        if not (folder / "model.bin").exists():
-            model.encoder.save_pretrained(folder / "hf")
-            tokenizer.save_pretrained(folder / "hf")
-            quantization = "int8" if compute_type.startswith("int8") else None
-            ctranslate2.converters.TransformersConverter(str(folder / "hf")).convert(
-                str(folder), quantization=quantization, force=True
-            )
+        model.encoder.save_pretrained(folder / "hf")
+        tokenizer.save_pretrained(folder / "hf")
+        ctranslate2.converters.TransformersConverter(str(folder / "hf")).convert(
+            str(folder), quantization="int8" if compute_type == "int8" else None, force=True
+        )
         self.encoder = ctranslate2.Encoder(
             str(folder), device="cpu", compute_type=compute_type, intra_threads=1, inter_threads=1
         )
@@ -150,6 +148,8 @@ def main():
         help="input rows per weight scale of the 4-bit graph, a power of 2 from 16 (default: %(default)s)",
     )
     args = p.parse_args()
+    if args.nbits_block < 16 or args.nbits_block & (args.nbits_block - 1):
+        p.error(f"--nbits-block must be a power of 2 from 16 (16, 32, 64, 128, ...), not {args.nbits_block}")
     import onnx
 
     from genre_tagger.data import load_labelled_csv
@@ -196,12 +196,16 @@ def main():
         else:
             for compute_type in ("int8", "float32"):
                 folder = work / f"ct2-{compute_type}"
-                taggers[f"CTranslate2 {compute_type}"] = (
-                    lambda folder=folder, compute_type=compute_type: CTranslate2Tagger(
+                try:
+                    tagger = CTranslate2Tagger(
                         model, tokenizer, load_tokenizer(tokenizer_bytes, max_length, folder), folder, compute_type
-                    ),
-                    {},
-                )
+                    )
+                except Exception as err:  # an encoder CTranslate2 cannot convert (or a run without .encoder)
+                    print(
+                        f"  (CTranslate2 {compute_type} skipped: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                    )
+                    continue
+                taggers[f"CTranslate2 {compute_type}"] = (lambda tagger=tagger: tagger, {})
         reference = None
         for name, (make_tagger, fused_ops) in taggers.items():
             ms, probabilities, batch_move = measure(make_tagger(), texts, args.repeats)
