@@ -108,12 +108,12 @@ class CTranslate2Tagger:
         self.bias = model.classifier.bias.detach().numpy()
 
     def probabilities(self, texts, batch_size=32):
+        from genre_tagger.modeling import length_sorted_batches
+
         encodings = self.tokenizer.encode_batch(list(texts))
         lengths = np.array([len(e.ids) for e in encodings])
-        order = np.argsort(lengths, kind="stable")
         outputs = np.zeros((len(texts), len(self.bias)), np.float32)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_sorted_batches(lengths, batch_size):
             hidden = np.array(self.encoder.forward_batch([encodings[i].ids for i in batch]).last_hidden_state)
             if self.pooling == "cls":
                 pooled = hidden[:, 0]
@@ -135,7 +135,7 @@ def measure(tagger, texts, repeats):
     return statistics.median(times), probabilities, float(np.abs(alone - probabilities[:64]).max())
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="models/genre-classifier", help="run folder (default: %(default)s)")
     p.add_argument("--data", default="data/IMDB-Movie-Data.csv", help="where the descriptions come from")
@@ -147,7 +147,9 @@ def main():
         default=128,
         help="input rows per weight scale of the 4-bit graph, a power of 2 from 16 (default: %(default)s)",
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.rows < 1 or args.repeats < 1:
+        p.error(f"--rows and --repeats take at least 1, not {args.rows} and {args.repeats}")
     if args.nbits_block < 16 or args.nbits_block & (args.nbits_block - 1):
         p.error(f"--nbits-block must be a power of 2 from 16 (16, 32, 64, 128, ...), not {args.nbits_block}")
     import onnx
@@ -178,6 +180,8 @@ def main():
         graphs["fused fp32 (MultiHeadAttention)"] = (work / "fused-mha.onnx", fused_mha)
         onnx.save(quantize_per_token(onnx.load(str(work / "fused-mha.onnx"))), str(work / "fused-rowwise.onnx"))
         graphs["fused int8 rowwise"] = (work / "fused-rowwise.onnx", fused_mha)
+        from genre_tagger.common import first_line
+        from genre_tagger.metrics import DEFAULT_THRESHOLD
         from genre_tagger.onnx_backend import OnnxTagger, load_tokenizer
 
         taggers = {
@@ -201,9 +205,7 @@ def main():
                         model, tokenizer, load_tokenizer(tokenizer_bytes, max_length, folder), folder, compute_type
                     )
                 except Exception as err:  # an encoder CTranslate2 cannot convert (or a run without .encoder)
-                    print(
-                        f"  (CTranslate2 {compute_type} skipped: {str(err).splitlines()[0] if str(err) else type(err).__name__})"
-                    )
+                    print(f"  (CTranslate2 {compute_type} skipped: {first_line(err, 200)})")
                     continue
                 taggers[f"CTranslate2 {compute_type}"] = (lambda tagger=tagger: tagger, {})
         reference = None
@@ -211,7 +213,7 @@ def main():
             ms, probabilities, batch_move = measure(make_tagger(), texts, args.repeats)
             reference = probabilities if reference is None else reference
             difference = np.abs(probabilities - reference)
-            agreement = ((probabilities >= 0.3) == (reference >= 0.3)).mean()
+            agreement = ((probabilities >= DEFAULT_THRESHOLD) == (reference >= DEFAULT_THRESHOLD)).mean()
             print(
                 f"  {name:<32} {ms:6.2f} ms/description  vs fp32: max {difference.max():.4f} mean "
                 f"{difference.mean():.5f} decisions {agreement:.2%}  batch of 1 vs 32: {batch_move:.1e}  "
@@ -221,4 +223,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from genre_tagger.cli import run_main
+
+    run_main(main)
